@@ -1,0 +1,3 @@
+from lbgm_mpi.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The learning algorithms as pure tensor code: no MPI in here."""

@@ -1,0 +1,110 @@
+"""The one module that talks to MPI.
+
+``Comm`` wraps a communicator with the handful of collectives the trainer needs. Each data
+collective adds the size of the buffer this rank hands to MPI to ``bytes_sent``; control traffic
+(byte-counter totals, model-hash checks, stop agreement) is counted apart in ``control_bytes`` so
+that the reported figures compare the algorithms' own exchanges. Works at size 1.
+"""
+
+import hashlib
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+from lbgm_mpi.errors import UserError
+
+
+class Comm:
+    """Byte-counting collectives over an mpi4py communicator (default: COMM_WORLD)."""
+
+    def __init__(self, comm: MPI.Comm | None = None):
+        self._comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank = self._comm.Get_rank()
+        self.size = self._comm.Get_size()
+        self.root = 0
+        self.bytes_sent = 0      # data bytes this rank handed to MPI
+        self.control_bytes = 0   # bookkeeping bytes this rank handed to MPI
+        self.seconds = 0.0       # wall time this rank spent inside data collectives
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == self.root
+
+    def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
+        """Sum ``buf`` over ranks into a new array (``buf`` is not changed)."""
+        buf = np.ascontiguousarray(buf)
+        out = np.empty_like(buf)
+        self.bytes_sent += buf.nbytes
+        start = time.perf_counter()
+        self._comm.Allreduce(buf, out, op=MPI.SUM)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def allgatherv_bytes(self, send: np.ndarray, counts: list[int]) -> np.ndarray:
+        """Concatenate every rank's ``send`` bytes in rank order; ``counts[r]`` (in bytes) must be
+        known to every rank beforehand and equal rank r's ``send.nbytes``."""
+        send = np.ascontiguousarray(send).view(np.uint8).reshape(-1)
+        if send.nbytes != counts[self.rank]:
+            raise RuntimeError(f"rank {self.rank}: sends {send.nbytes} bytes but every rank "
+                               f"expects {counts[self.rank]}")
+        displs = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(np.int64)
+        out = np.empty(int(sum(counts)), dtype=np.uint8)
+        self.bytes_sent += send.nbytes
+        start = time.perf_counter()
+        self._comm.Allgatherv(send, [out, (list(counts), displs.tolist()), MPI.BYTE])
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def control_gather_int(self, value: int) -> list[int]:
+        """Gather one int64 from every rank to every rank (bookkeeping traffic)."""
+        send = np.array([value], dtype=np.int64)
+        out = np.empty(self.size, dtype=np.int64)
+        self.control_bytes += send.nbytes
+        self._comm.Allgather(send, out)
+        return out.tolist()
+
+    def control_any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (bookkeeping traffic)."""
+        return any(self.control_gather_int(int(flag)))
+
+    def control_bcast(self, obj):
+        """Broadcast a small picklable object from the root (bookkeeping traffic)."""
+        return self._comm.bcast(obj, root=self.root)
+
+    def check_same(self, array: np.ndarray, what: str) -> None:
+        """Raise on every rank if ``array`` differs between ranks (compares a 63-bit hash)."""
+        digest = hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).digest()
+        hashes = self.control_gather_int(int.from_bytes(digest, "little") >> 1)
+        if len(set(hashes)) > 1:
+            odd = [r for r, h in enumerate(hashes) if h != hashes[self.root]]
+            raise RuntimeError(f"{what} differs between ranks: ranks {odd} disagree with rank "
+                               f"{self.root}")
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        self._comm.Abort(code)
+
+
+def install_abort_on_error(comm: Comm) -> None:
+    """Make an uncaught exception on any rank abort the whole job, after printing it once with
+    the rank that raised it (one line for a UserError, the traceback for anything else)."""
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, UserError):
+            text = f"lbgm-mpi: error on rank {comm.rank}: {exc}\n"
+        else:
+            text = (f"lbgm-mpi: rank {comm.rank} raised {exc_type.__name__}: {exc}\n"
+                    + "".join(traceback.format_exception(exc_type, exc, tb)))
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.abort(1)
+        os._exit(1)
+
+    sys.excepthook = hook

@@ -1,0 +1,265 @@
+"""Typed, frozen run configuration: TOML files plus dotted command-line overrides.
+
+Every section is a frozen dataclass; every field has a comment. Unknown sections or keys, wrong
+types and out-of-range values raise ConfigError naming the key. Cross-field rules are checked once,
+in ``RunSpec.__post_init__``.
+"""
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lbgm_mpi.errors import ConfigError
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class Run:
+    seed: int = 0             # master seed: model init, partition, sampling, client streams
+    rounds: int = 30          # communication rounds
+    eval_every: int = 1       # evaluate the global model on the test set every N rounds
+    check_every: int = 10     # compare a hash of theta across ranks every N rounds (0 = never)
+    checkpoint_every: int = 0  # write an HDF5 checkpoint every N rounds (0 = only at the end)
+    keep_checkpoints: int = 2  # how many checkpoints to keep in the run folder
+    label: str = ""           # name of the run in tables and plots ("" = derived from algo)
+
+    def __post_init__(self):
+        _check(self.rounds >= 1, "run.rounds", "must be >= 1")
+        _check(self.eval_every >= 1, "run.eval_every", "must be >= 1")
+        _check(self.check_every >= 0, "run.check_every", "must be >= 0")
+        _check(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
+        _check(self.seed >= 0, "run.seed", "must be >= 0")
+
+
+DATASETS = ("digits", "mnist1d", "synthetic", "mnist", "fmnist", "cifar10", "cifar100",
+            "celeba", "hdf5")
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str = "digits"          # digits | mnist1d | synthetic (no download); mnist | fmnist | cifar10 | cifar100 | celeba | hdf5 (read from data.root)
+    root: str = ""                # folder (or .h5 file for hdf5) holding the standard files
+    partition: str = "shards"     # iid | shards (classes_per_client classes each) | dirichlet(alpha)
+    classes_per_client: int = 3   # shards: distinct classes per client (the paper uses 3 of 10)
+    alpha: float = 0.5            # dirichlet: concentration; smaller is more skewed
+    synthetic_samples: int = 2000  # synthetic: number of samples (train + test)
+    synthetic_features: int = 20  # synthetic: input dimension
+    synthetic_classes: int = 4    # synthetic: number of classes
+
+    def __post_init__(self):
+        _one_of(self.name, "data.name", DATASETS)
+        _one_of(self.partition, "data.partition", ("iid", "shards", "dirichlet"))
+        _check(self.classes_per_client >= 1, "data.classes_per_client", "must be >= 1")
+        _check(self.alpha > 0, "data.alpha", "must be > 0")
+        _check(self.synthetic_samples >= 20, "data.synthetic_samples", "must be >= 20")
+        _check(self.synthetic_features >= 1, "data.synthetic_features", "must be >= 1")
+        _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
+        _check(self.name not in ("mnist", "fmnist", "cifar10", "cifar100", "celeba", "hdf5")
+               or bool(self.root), "data.root", f"data.name = {self.name!r} reads its files from "
+               "data.root; set it to the folder (or .h5 file) that holds them")
+
+
+MODELS = ("linear", "mlp", "cnn", "fcn", "lenet", "resnet18", "vgg19")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str = "cnn"   # linear (the paper's FCN) | mlp | cnn (small) | lenet | resnet18 | vgg19
+    hidden: int = 64    # mlp: width of the hidden layer; cnn: channels of the second conv
+
+    def __post_init__(self):
+        _one_of(self.name, "model.name", MODELS)
+        _check(self.hidden >= 1, "model.hidden", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Clients:
+    count: int = 4           # K, number of clients (>= number of MPI ranks)
+    per_round: int = 0       # participants drawn per round (0 = all clients)
+    update: str = "local"    # local (local_epochs of minibatch SGD) | fedsgd (one full-batch gradient)
+    local_epochs: int = 1    # local: epochs over the client's shard per round
+    batch_size: int = 32     # local: minibatch size
+    lr: float = 0.05         # client learning rate
+    placement: str = "cyclic"  # cyclic (client k on rank k mod P) | block (contiguous blocks)
+
+    def __post_init__(self):
+        _check(self.count >= 1, "clients.count", "must be >= 1")
+        _check(0 <= self.per_round <= self.count, "clients.per_round",
+               f"must be between 0 (all) and clients.count = {self.count}")
+        _one_of(self.update, "clients.update", ("local", "fedsgd"))
+        _check(self.local_epochs >= 1, "clients.local_epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "clients.batch_size", "must be >= 1")
+        _check(self.lr > 0, "clients.lr", "must be > 0")
+        _one_of(self.placement, "clients.placement", ("cyclic", "block"))
+
+    @property
+    def participants(self) -> int:
+        return self.per_round or self.count
+
+
+@dataclass(frozen=True)
+class Algo:
+    name: str = "lbgm"        # fedavg (dense Allreduce) | lbgm (look-back gradient multiplier)
+    threshold: float = 0.2    # lbgm: send a scalar iff sin^2(angle(g, b)) <= threshold; 0 = always refresh
+    granularity: str = "model"  # lbgm: model (one scalar per client) | layer (one per tensor)
+
+    def __post_init__(self):
+        _one_of(self.name, "algo.name", ("fedavg", "lbgm"))
+        _check(0.0 <= self.threshold <= 1.0, "algo.threshold",
+               f"{self.threshold} is outside [0, 1] (it bounds sin^2 of an angle)")
+        _one_of(self.granularity, "algo.granularity", ("model", "layer"))
+
+
+@dataclass(frozen=True)
+class Server:
+    lr: float = 1.0        # server learning rate applied to the aggregated update
+    momentum: float = 0.0  # heavy-ball momentum on the server (the paper's authors use 0.9)
+
+    def __post_init__(self):
+        _check(self.lr > 0, "server.lr", "must be > 0")
+        _check(0.0 <= self.momentum < 1.0, "server.momentum", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class System:
+    threads: int = 1        # torch CPU threads per rank; pinned so results do not depend on P
+    device: str = "cpu"     # cpu | cuda | auto (one GPU per rank, chosen from the local rank)
+    kernels: str = "torch"  # torch | cupy | auto: back end of the projection and aggregation
+
+    def __post_init__(self):
+        _check(self.threads >= 1, "system.threads", "must be >= 1")
+        _one_of(self.device, "system.device", ("cpu", "cuda", "auto"))
+        _one_of(self.kernels, "system.kernels", ("torch", "cupy", "auto"))
+
+
+SECTIONS = {"run": Run, "data": Data, "model": Model, "clients": Clients, "algo": Algo,
+            "server": Server, "system": System}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The whole resolved configuration of one run."""
+
+    run: Run = field(default_factory=Run)
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    clients: Clients = field(default_factory=Clients)
+    algo: Algo = field(default_factory=Algo)
+    server: Server = field(default_factory=Server)
+    system: System = field(default_factory=System)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def label(self) -> str:
+        """Name of the run in tables: run.label, or one derived from the algorithm."""
+        if self.run.label:
+            return self.run.label
+        if self.algo.name == "lbgm":
+            return f"lbgm(t={self.algo.threshold:g})"
+        return self.algo.name
+
+    def replace(self, **sections) -> "RunSpec":
+        """Return a copy with some sections' fields changed: replace(algo={"name": "fedavg"})."""
+        return from_dict(_merge(self.to_dict(), sections))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in extra.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def _coerce(value: Any, target_type: type, key: str) -> Any:
+    if target_type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, target_type) and not (target_type is int and isinstance(value, bool))
+    _check(ok, key, f"expected {target_type.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build_section(name: str, values: Any):
+    cls = SECTIONS[name]
+    _check(isinstance(values, dict), name, "must be a table of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        _check(key in fields, f"{name}.{key}",
+               f"unknown key (known keys of [{name}]: {', '.join(fields)})")
+        kwargs[key] = _coerce(value, fields[key].type, f"{name}.{key}")
+    return cls(**kwargs)
+
+
+def from_dict(tree: dict[str, Any]) -> RunSpec:
+    """Build a RunSpec from nested dicts; raises ConfigError naming any bad key."""
+    for section in tree:
+        _check(section in SECTIONS, section,
+               f"unknown section (known: {', '.join(SECTIONS)})")
+    return RunSpec(**{name: _build_section(name, values) for name, values in tree.items()})
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse 'section.key=value' (value in TOML syntax, or a bare string)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: the key must look like section.key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as fedavg
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunSpec:
+    """Read a TOML file (or start from defaults when path is None) and apply overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            tree = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _check(section in SECTIONS, section, f"unknown section in override {text!r} "
+               f"(known: {', '.join(SECTIONS)})")
+        tree.setdefault(section, {})[key] = value
+    return from_dict(tree)
+
+
+def to_toml(spec: RunSpec) -> str:
+    """Render the resolved config as TOML (every key, defaults included)."""
+    lines = []
+    for section, values in spec.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

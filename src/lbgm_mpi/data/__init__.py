@@ -1,0 +1,1 @@
+"""Data sets (embedded, generated, or read from standard files) and client partitions."""

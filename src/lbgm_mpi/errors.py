@@ -1,0 +1,9 @@
+"""Errors that end a run with a one-line message instead of a traceback."""
+
+
+class UserError(Exception):
+    """A problem the user can fix (config, input file, launch); printed as one line."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration: the message names the key and how to fix it."""

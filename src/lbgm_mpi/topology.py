@@ -1,0 +1,47 @@
+"""Rank-dependent facts, decided once at start-up and passed down (nothing else asks MPI)."""
+
+from dataclasses import dataclass
+
+from lbgm_mpi.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where every client lives: ``host[k]`` is the rank that trains client k."""
+
+    rank: int
+    size: int
+    root: int
+    host: tuple[int, ...]
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == self.root
+
+    @property
+    def local_clients(self) -> tuple[int, ...]:
+        """Ids of the clients this rank trains, ascending."""
+        return tuple(k for k, r in enumerate(self.host) if r == self.rank)
+
+    def clients_on(self, participants, rank: int) -> list[int]:
+        """The participants hosted by ``rank``, ascending."""
+        return [k for k in participants if self.host[k] == rank]
+
+
+def place_clients(num_clients: int, size: int, placement: str) -> tuple[int, ...]:
+    """Host rank of each client: cyclic (k mod P) or contiguous blocks."""
+    if num_clients < size:
+        raise ConfigError(f"clients.count: {num_clients} clients cannot occupy {size} MPI ranks; "
+                          f"run with at most {num_clients} ranks or raise clients.count")
+    if placement == "cyclic":
+        return tuple(k % size for k in range(num_clients))
+    base, extra = divmod(num_clients, size)
+    host = []
+    for r in range(size):
+        host += [r] * (base + (1 if r < extra else 0))
+    return tuple(host)
+
+
+def make_topology(rank: int, size: int, num_clients: int, placement: str) -> Topology:
+    """Build the topology of this rank (raises ConfigError if there are more ranks than clients)."""
+    return Topology(rank, size, 0, place_clients(num_clients, size, placement))

@@ -1,0 +1,1 @@
+"""The federated training loop: local client updates, the exchange, the server step."""

@@ -1,0 +1,58 @@
+"""Local training of one client from the global model, keyed by (seed, client, round)."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lbgm_mpi.models.layout import flatten, load_flat
+
+
+def stream_seed(seed: int, client: int, rnd: int) -> int:
+    """A 63-bit seed for client ``client`` in round ``rnd``: independent of the rank count."""
+    return int(np.random.SeedSequence([seed, client, rnd]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def local_update(model: torch.nn.Module, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 cfg, seed: int) -> tuple[torch.Tensor, float]:
+    """Train a copy of the global model ``theta`` on (x, y); return (theta - trained, mean loss).
+
+    ``cfg`` is the [clients] section: ``local`` runs local_epochs of minibatch SGD over a
+    shuffled shard, ``fedsgd`` one SGD step on the full local batch (so the update is
+    lr x gradient). ``model`` is overwritten; ``theta`` is not changed."""
+    load_flat(model, theta)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for batch in _batches(len(y), cfg, gen):
+        loss = F.cross_entropy(model(x[batch]), y[batch])
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, grad in zip(params, grads):
+                p.sub_(grad, alpha=cfg.lr)
+        losses.append(loss.item())
+    update = theta - flatten(model).to(theta.device)
+    return update, float(np.mean(losses))
+
+
+def _batches(n: int, cfg, gen: torch.Generator):
+    if cfg.update == "fedsgd":
+        yield torch.arange(n)
+        return
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(n, generator=gen)
+        yield from torch.split(order, cfg.batch_size)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             batch: int = 1024) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``theta`` on (x, y); ``model`` is overwritten."""
+    load_flat(model, theta)
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for lo in range(0, len(y), batch):
+        logits = model(x[lo:lo + batch])
+        total_loss += F.cross_entropy(logits, y[lo:lo + batch], reduction="sum").item()
+        correct += int((logits.argmax(1) == y[lo:lo + batch]).sum())
+    return correct / len(y), total_loss / len(y)

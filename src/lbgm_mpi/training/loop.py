@@ -1,0 +1,118 @@
+"""The round loop: draw participants, train them locally, exchange, step the server, log."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lbgm_mpi.algorithm.bank import LookbackBank
+from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
+from lbgm_mpi.data.datasets import load_dataset
+from lbgm_mpi.data.partition import label_histograms, partition
+from lbgm_mpi.kernels import select_kernels
+from lbgm_mpi.models import build_model
+from lbgm_mpi.models.layout import flatten, layout_of
+from lbgm_mpi.topology import make_topology
+from lbgm_mpi.training.client import evaluate, local_update, stream_seed
+from lbgm_mpi.training.exchange import FedAvgExchange, LbgmExchange
+from lbgm_mpi.training.runlog import Progress, RunLog
+
+PARTICIPANT_STREAM = 0x5EED_C11E  # tag of the participant draw in the seed sequence
+
+
+def draw_participants(seed: int, rnd: int, num_clients: int, per_round: int) -> list[int]:
+    """The clients taking part in round ``rnd`` (ascending), identical on every rank."""
+    if per_round in (0, num_clients):
+        return list(range(num_clients))
+    rng = np.random.default_rng([seed, PARTICIPANT_STREAM, rnd])
+    return sorted(rng.choice(num_clients, size=per_round, replace=False).tolist())
+
+
+class Trainer:
+    """One federated run on this rank: a server replica plus the clients hosted here."""
+
+    def __init__(self, spec, comm, out_dir: Path, quiet: bool = False):
+        self.spec = spec
+        self.comm = comm
+        torch.set_num_threads(spec.system.threads)
+        self.topo = make_topology(comm.rank, comm.size, spec.clients.count,
+                                  spec.clients.placement)
+        data = load_dataset(spec.data)
+        labels = data.y_train.numpy()
+        self.parts = partition(labels, spec.clients.count, spec.data, spec.run.seed)
+        self.num_samples = [len(p) for p in self.parts]
+        self.model = build_model(spec.model, data.in_shape, data.num_classes, spec.run.seed)
+        self.layout = layout_of(self.model)
+        self.theta = flatten(self.model)
+        self.shards = {k: (data.x_train[self.parts[k]], data.y_train[self.parts[k]])
+                       for k in self.topo.local_clients}
+        self.test_set = (data.x_test, data.y_test) if comm.is_root else None
+        self.server = ServerOptimizer(self.layout.size, spec.server.lr, spec.server.momentum)
+        self.bank = None
+        self.exchange = self._make_exchange()
+        self.round = 0
+        self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
+        self.log = RunLog(out_dir, spec, comm.is_root)
+        self.log.write_partition(self.parts, label_histograms(labels, self.parts,
+                                                              data.num_classes))
+        self.progress = Progress(spec.label(), spec.run.rounds, comm.is_root and not quiet)
+
+    @property
+    def num_params(self) -> int:
+        return self.layout.size
+
+    def _make_exchange(self):
+        if self.spec.algo.name == "fedavg":
+            return FedAvgExchange(self.comm, self.layout.size)
+        bounds = self.layout.bounds_tensor()
+        if self.spec.algo.granularity == "model":
+            bounds = bounds[[0, -1]]
+        self.bank = LookbackBank(self.spec.clients.count, bounds)
+        return LbgmExchange(self.comm, self.topo, self.bank,
+                            select_kernels(self.spec.system.kernels), self.spec.algo.threshold)
+
+    def step(self) -> dict:
+        """Run one round; update theta in place; return the round's metrics row."""
+        start = time.perf_counter()
+        self.round += 1
+        rnd, spec = self.round, self.spec
+        participants = draw_participants(spec.run.seed, rnd, spec.clients.count,
+                                         spec.clients.participants)
+        weights = dict(zip(participants, participant_weights(self.num_samples, participants)))
+        updates = {k: self._train_client(k, rnd) for k in participants if k in self.shards}
+        sent0, comm0 = self.comm.bytes_sent, self.comm.seconds
+        delta, traffic = self.exchange(participants, weights, updates, rnd)
+        self.server.step(self.theta, delta)
+        comm_s = self.comm.seconds - comm0
+        mpi_bytes = sum(self.comm.control_gather_int(self.comm.bytes_sent - sent0))
+        if spec.run.check_every and rnd % spec.run.check_every == 0:
+            self.comm.check_same(self.theta.numpy(), f"the global model after round {rnd}")
+        acc, loss = self._evaluate(rnd)
+        row = {"round": rnd, "test_acc": acc, "test_loss": loss, "train_loss": traffic.train_loss,
+               "participants": len(participants), "refreshes": traffic.refreshes,
+               "scalars": traffic.scalars, "uplink_bytes": traffic.uplink_bytes,
+               "dense_uplink_bytes": traffic.dense_uplink_bytes,
+               "downlink_bytes": traffic.downlink_bytes, "mpi_bytes": mpi_bytes,
+               "round_s": time.perf_counter() - start, "comm_s": comm_s}
+        self.log.append(row)
+        self.progress.update(row, acc)
+        return row
+
+    def _train_client(self, k: int, rnd: int):
+        x, y = self.shards[k]
+        return local_update(self.model, self.theta, x, y, self.spec.clients,
+                            stream_seed(self.spec.run.seed, k, rnd))
+
+    def _evaluate(self, rnd: int):
+        due = rnd % self.spec.run.eval_every == 0 or rnd == self.spec.run.rounds
+        if self.test_set is None or not due:
+            return None, None
+        return evaluate(self.model, self.theta, *self.test_set)
+
+    def run(self) -> dict:
+        """Train until run.rounds; write summary.json (root); return the summary."""
+        while self.round < self.spec.run.rounds:
+            self.step()
+        by_rank = self.comm.control_gather_int(self.comm.bytes_sent - self.bytes_at_start)
+        return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank})

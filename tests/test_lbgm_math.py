@@ -1,0 +1,92 @@
+"""float64 identities of the LBGM decision (lbgm_mpi.algorithm.lbgm) and the bank."""
+
+import math
+
+import pytest
+import torch
+
+from lbgm_mpi.algorithm.bank import LookbackBank
+from lbgm_mpi.algorithm.lbgm import decide, phase_error
+
+f64 = lambda *v: torch.tensor(v, dtype=torch.float64)
+
+
+def _stats(g, b):
+    return f64(float(g @ b)), f64(float(g @ g)), f64(float(b @ b))
+
+
+def test_rho_and_sin2_match_geometry():
+    gen = torch.Generator().manual_seed(1)
+    b = torch.randn(1000, generator=gen, dtype=torch.float64)
+    g = 0.7 * b + 0.2 * torch.randn(1000, generator=gen, dtype=torch.float64)
+    rho, err = phase_error(*_stats(g, b))
+    cos = float(g @ b) / (g.norm() * b.norm())
+    assert rho.item() == pytest.approx(float(g @ b) / float(b @ b), rel=1e-14)
+    assert err.item() == pytest.approx(1 - cos.item() ** 2, rel=1e-12)
+    # the scalar reconstruction rho * b is the orthogonal projection of g on b
+    residual = g - rho.item() * b
+    assert abs(float(residual @ b)) < 1e-9 * float(b @ b)
+    assert float(residual @ residual) == pytest.approx(err.item() * float(g @ g), rel=1e-10)
+
+
+def test_parallel_and_orthogonal_vectors():
+    b = torch.randn(50, dtype=torch.float64)
+    rho, err = phase_error(*_stats(-3.0 * b, b))
+    assert rho.item() == pytest.approx(-3.0) and err.item() == pytest.approx(0.0, abs=1e-14)
+    e0 = torch.zeros(4, dtype=torch.float64); e0[0] = 1
+    e1 = torch.zeros(4, dtype=torch.float64); e1[1] = 2
+    rho, err = phase_error(*_stats(e1, e0))
+    assert rho.item() == 0.0 and err.item() == 1.0
+
+
+def test_decision_at_the_threshold():
+    angle = math.radians(30)  # sin^2 = 0.25
+    b = f64(1.0, 0.0)
+    g = f64(math.cos(angle), math.sin(angle))
+    dot, gn, bn = _stats(g, b)
+    valid = torch.tensor([True])
+    err = phase_error(dot, gn, bn)[1].item()
+    assert err == pytest.approx(0.25, abs=1e-15)
+    assert not decide(dot, gn, bn, valid, err).refresh.item()          # error == threshold: scalar
+    assert decide(dot, gn, bn, valid, err - 1e-12).refresh.item()      # just below: refresh
+    assert not decide(dot, gn, bn, valid, 1.0).refresh.item()
+
+
+def test_threshold_zero_always_refreshes_even_when_parallel():
+    b = f64(1.0, 2.0)
+    dec = decide(*_stats(2 * b, b), torch.tensor([True]), 0.0)
+    assert dec.refresh.item()
+
+
+def test_no_lookback_or_zero_norm_lookback_forces_refresh():
+    g, b = f64(1.0, 1.0), f64(1.0, 1.0)
+    assert decide(*_stats(g, b), torch.tensor([False]), 0.9).refresh.item()
+    zero = f64(0.0, 0.0)
+    assert decide(*_stats(g, zero), torch.tensor([True]), 0.9).refresh.item()
+
+
+def test_zero_update_is_a_zero_scalar():
+    b = f64(1.0, -1.0)
+    dec = decide(*_stats(f64(0.0, 0.0), b), torch.tensor([True]), 0.1)
+    assert not dec.refresh.item() and dec.rho.item() == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_update_is_refused(bad):
+    with pytest.raises(FloatingPointError):
+        decide(f64(bad), f64(1.0), f64(1.0), torch.tensor([True]), 0.5)
+
+
+def test_per_segment_decisions_are_independent():
+    dot, gn, bn = f64(1.0, 0.0), f64(1.0, 1.0), f64(1.0, 1.0)   # parallel, orthogonal
+    dec = decide(dot, gn, bn, torch.tensor([True, True]), 0.5)
+    assert dec.refresh.tolist() == [False, True]
+
+
+def test_bank_write_marks_zero_rows_invalid_and_caches_norms():
+    bank = LookbackBank(3, torch.tensor([0, 2, 5]))
+    bank.write(1, [0, 1], [torch.tensor([3.0, 4.0]), torch.zeros(3)])
+    assert bank.norm2[1].tolist() == [25.0, 0.0]
+    assert bank.valid[1].tolist() == [True, False]
+    assert bank.rows[1].tolist() == [3.0, 4.0, 0.0, 0.0, 0.0]
+    assert not bank.valid[0].any() and not bank.valid[2].any()
