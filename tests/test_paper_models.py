@@ -1,0 +1,40 @@
+"""Parameter counts and output shapes of the paper's models."""
+
+import pytest
+import torch
+
+from lbgm_mpi.models.paper import PAPER_MODELS
+
+MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
+
+
+@pytest.mark.parametrize("name,in_shape,num_classes,params", [
+    ("fcn", MNIST, 10, 7_850),
+    ("lenet", MNIST, 10, 431_080),  # 20*25+20 + 50*20*25+50 + 800*500+500 + 500*10+10
+    ("resnet18", CIFAR, 10, 11_173_962),
+    ("resnet18", CIFAR, 100, 11_220_132),
+    ("vgg19", CIFAR, 10, 20_040_522),
+    ("vgg19", CIFAR, 100, 20_086_692),
+])
+def test_parameter_count_and_output_shape(name, in_shape, num_classes, params):
+    torch.manual_seed(0)
+    model = PAPER_MODELS[name](in_shape, num_classes)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model(torch.randn(2, *in_shape)).shape == (2, num_classes)
+
+
+@pytest.mark.parametrize("name", ["fcn", "lenet", "resnet18"])
+def test_other_input_sizes(name):
+    model = PAPER_MODELS[name]((3, 32, 32), 2)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_batchnorm_keeps_running_stats():
+    model = PAPER_MODELS["resnet18"](CIFAR, 10)
+    assert all(m.track_running_stats for m in model.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_too_small_input_is_rejected():
+    with pytest.raises(ValueError, match="vgg19 needs inputs at least 32x32"):
+        PAPER_MODELS["vgg19"](MNIST, 10)
