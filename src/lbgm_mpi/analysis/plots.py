@@ -1,0 +1,155 @@
+"""Figures for run folders and for the gradient-subspace report (PNG files, no screen needed)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from lbgm_mpi.analysis.report import Run, fedavg_reference, human_bytes, load_run  # noqa: E402
+
+_DPI = 150
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=_DPI)
+    plt.close(fig)
+    return out
+
+
+def _percent(values: list[float]) -> list[float]:
+    return [100.0 * v for v in values]
+
+
+def _positive(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """Drop points a log axis cannot show (nothing sent yet)."""
+    kept = [(x, y) for x, y in zip(xs, ys) if x > 0]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _accuracy_vs_bytes(runs: list[Run], out_png: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for run in runs:
+        x, acc = _positive(*run.evaluated("uplink_bytes"))
+        line, = ax.plot(x, _percent(acc), label=run.label)
+        x, acc = _positive(*run.evaluated("mpi_bytes"))
+        ax.plot(x, _percent(acc), linestyle="--", color=line.get_color(), alpha=0.7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
+    ax.set_xlabel("cumulative bytes sent (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy vs communication")
+    ax.grid(True, which="major", alpha=0.3)
+    styles = [Line2D([], [], color="gray", label="uplink (clients' updates)"),
+              Line2D([], [], color="gray", linestyle="--", label="all bytes handed to MPI")]
+    ax.add_artist(ax.legend(handles=styles, loc="lower right", fontsize="small"))
+    ax.legend(loc="upper left", fontsize="small", title="run")
+    return _save(fig, out_png)
+
+
+def _accuracy_vs_round(runs: list[Run], out_png: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for run in runs:
+        rounds = [r["round"] for r in run.rounds if r["test_acc"] is not None]
+        acc = [r["test_acc"] for r in run.rounds if r["test_acc"] is not None]
+        ax.plot(rounds, _percent(acc), label=run.label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy vs round")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small", title="run")
+    return _save(fig, out_png)
+
+
+def plot_runs(run_dirs: list[str | Path], out_png_prefix: str | Path) -> list[Path]:
+    """Write <prefix>_acc_vs_bytes.png and <prefix>_acc_vs_round.png, one line per run folder.
+
+    Rounds that were not evaluated (test_acc null) are skipped. Returns the paths written.
+    """
+    runs = [load_run(d) for d in run_dirs]
+    prefix = str(out_png_prefix)
+    return [_accuracy_vs_bytes(runs, Path(f"{prefix}_acc_vs_bytes.png")),
+            _accuracy_vs_round(runs, Path(f"{prefix}_acc_vs_round.png"))]
+
+
+def _sweep_point(run: Run, ref: Run) -> tuple[float, float]:
+    """(uplink savings %, accuracy drop in points) of ``run`` against the FedAvg run ``ref``."""
+    saving = 100.0 * (1.0 - run.summary["total_uplink_bytes"] / ref.summary["total_uplink_bytes"])
+    drop = 100.0 * (ref.summary["best_acc"] - run.summary["best_acc"])
+    return saving, drop
+
+
+def _sweep_series(ax, series: list[Run], ref: Run) -> None:
+    """One compressor's runs as a line through their sweep points, each labelled by threshold."""
+    points = [_sweep_point(r, ref) for r in series]
+    ax.plot(*zip(*points), marker="o", label=f"LBGM, compressor: {series[0].summary['compressor']}")
+    for run, (x, y) in zip(series, points):
+        threshold = run.summary["threshold"]
+        text = f"δ={threshold:g}" if threshold is not None else run.label
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
+
+
+def plot_sweep(run_dirs: list[str | Path], out_png: str | Path) -> Path:
+    """Threshold sweep: accuracy drop against uplink savings, both vs the FedAvg run among them.
+
+    One connected series per compressor, points in threshold order, each annotated with its
+    threshold. Raises ValueError naming the folders if none of them is a FedAvg run.
+    """
+    runs = [load_run(d) for d in run_dirs]
+    ref = fedavg_reference(runs)
+    if ref is None:
+        names = ", ".join(str(r.path) for r in runs)
+        raise ValueError(f"no FedAvg run (summary algo == 'fedavg') among: {names}")
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    ax.plot([0], [0], marker="*", markersize=14, linestyle="none", color="black",
+            label=f"FedAvg ({ref.label})")
+    others = sorted((r for r in runs if r is not ref), key=lambda r: r.summary["threshold"] or 0.0)
+    for compressor in dict.fromkeys(r.summary["compressor"] for r in others):
+        _sweep_series(ax, [r for r in others if r.summary["compressor"] == compressor], ref)
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xlabel("uplink savings vs FedAvg (%)")
+    ax.set_ylabel("accuracy drop vs FedAvg (points, best test accuracy)")
+    ax.set_title("LBGM threshold sweep: communication saved vs accuracy lost")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    return _save(fig, out_png)
+
+
+def _none_to_nan(values: list) -> list[float]:
+    return [float("nan") if v is None else v for v in values]
+
+
+def plot_subspace(report_dict: dict, out_png: str | Path) -> Path:
+    """N95 and N99 against the number of epochs stacked, from ``SubspaceTracker.report()``.
+
+    Each panel shows the whole model, the mean over layers and the band from the layers' minimum to
+    their maximum, with the most components i epochs can have (i - 1) as a dotted reference.
+    """
+    epochs = report_dict["epochs"]
+    levels = report_dict["levels"]
+    fig, axes = plt.subplots(1, len(levels), figsize=(5.2 * len(levels), 4.2), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
+    for ax, level in zip(axes, levels):
+        key = f"n{round(level * 100)}"
+        stats = report_dict["layer_stats"][key]
+        ax.fill_between(epochs, _none_to_nan(stats["min"]), _none_to_nan(stats["max"]),
+                        alpha=0.25, color="tab:blue", label="layers: min to max")
+        ax.plot(epochs, _none_to_nan(stats["mean"]), color="tab:blue", label="layers: mean")
+        ax.plot(epochs, report_dict["model"][key], color="tab:red", label="whole model")
+        ax.plot(epochs, [e - 1 for e in epochs], color="gray", linestyle=":",
+                label="most possible (epochs - 1)")
+        ax.set_title(f"N{round(level * 100)}: components explaining {level:.0%} of variance")
+        ax.set_xlabel("epochs of gradients stacked")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("number of principal components")
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(loc="upper left", fontsize="small")
+    fig.suptitle("Rank of the gradient space during training")
+    return _save(fig, out_png)
