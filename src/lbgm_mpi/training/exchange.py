@@ -19,6 +19,7 @@ import torch
 from lbgm_mpi.algorithm.bank import LookbackBank
 from lbgm_mpi.algorithm.lbgm import decide
 from lbgm_mpi.errors import UserError
+from lbgm_mpi.kernels import select_kernels
 
 FLOAT_BYTES = 4
 
@@ -150,3 +151,15 @@ class LbgmExchange:
             uplink_bytes=int(got["payload"].sum()) + FLOAT_BYTES * scalars,
             dense_uplink_bytes=len(got) * d * FLOAT_BYTES,
             downlink_bytes=got.nbytes + payload_bytes, train_loss=loss)
+
+
+def make_exchange(spec, comm, topology, layout):
+    """The exchange of the configured algorithm."""
+    if spec.algo.name == "fedavg":
+        return FedAvgExchange(comm, layout.size)
+    bounds = layout.bounds_tensor()
+    if spec.algo.granularity == "model":
+        bounds = bounds[[0, -1]]
+    bank = LookbackBank(spec.clients.count, bounds)
+    return LbgmExchange(comm, topology, bank, select_kernels(spec.system.kernels),
+                        spec.algo.threshold)

@@ -6,16 +6,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lbgm_mpi.algorithm.bank import LookbackBank
 from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
 from lbgm_mpi.data.datasets import load_dataset
 from lbgm_mpi.data.partition import label_histograms, partition
-from lbgm_mpi.kernels import select_kernels
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
-from lbgm_mpi.training.exchange import FedAvgExchange, LbgmExchange
+from lbgm_mpi.training.exchange import make_exchange
 from lbgm_mpi.training.runlog import Progress, RunLog
 
 PARTICIPANT_STREAM = 0x5EED_C11E  # tag of the participant draw in the seed sequence
@@ -49,8 +47,7 @@ class Trainer:
                        for k in self.topo.local_clients}
         self.test_set = (data.x_test, data.y_test) if comm.is_root else None
         self.server = ServerOptimizer(self.layout.size, spec.server.lr, spec.server.momentum)
-        self.bank = None
-        self.exchange = self._make_exchange()
+        self.exchange = make_exchange(spec, comm, self.topo, self.layout)
         self.round = 0
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
         self.log = RunLog(out_dir, spec, comm.is_root)
@@ -61,16 +58,6 @@ class Trainer:
     @property
     def num_params(self) -> int:
         return self.layout.size
-
-    def _make_exchange(self):
-        if self.spec.algo.name == "fedavg":
-            return FedAvgExchange(self.comm, self.layout.size)
-        bounds = self.layout.bounds_tensor()
-        if self.spec.algo.granularity == "model":
-            bounds = bounds[[0, -1]]
-        self.bank = LookbackBank(self.spec.clients.count, bounds)
-        return LbgmExchange(self.comm, self.topo, self.bank,
-                            select_kernels(self.spec.system.kernels), self.spec.algo.threshold)
 
     def step(self) -> dict:
         """Run one round; update theta in place; return the round's metrics row."""

@@ -1,0 +1,61 @@
+"""Command line: ``lbgm-mpi COMMAND ...``, run alone or under mpirun / srun.
+
+Each command lives in its own module with ``register(subparsers)``, which adds its parser and sets
+``handler(comm, args)``; commands that train also set ``needs_config=True`` so that the config is
+parsed and checked on every rank before anything starts.
+"""
+
+import argparse
+import sys
+
+from lbgm_mpi.cli import train
+from lbgm_mpi.errors import UserError
+
+COMMAND_MODULES = [train]
+
+
+class _ArgParseError(UserError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become one-line UserErrors (reported once, by one rank)."""
+
+    def error(self, message):
+        raise _ArgParseError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lbgm-mpi", description="Federated learning with LBGM over MPI.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def _setup(comm, argv):
+    """Parse arguments (and the config, where needed) on every rank; agree on failure so that no
+    rank is left waiting in a collective."""
+    from lbgm_mpi.config import load_config
+    error = args = spec = None
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "needs_config", False):
+            spec = load_config(args.config, args.overrides)
+            args.check(args, spec)
+    except UserError as err:
+        error = err
+    failed = comm.control_gather_int(int(error is not None))
+    if any(failed):
+        if comm.rank == failed.index(1):
+            print(f"lbgm-mpi: error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    return args, spec
+
+
+def main(argv=None) -> int:
+    from lbgm_mpi.comm.mpi import Comm, install_abort_on_error
+    comm = Comm()
+    install_abort_on_error(comm)
+    args, spec = _setup(comm, sys.argv[1:] if argv is None else argv)
+    return args.handler(comm, args, spec) or 0
