@@ -113,9 +113,19 @@ class Algo:
     name: str = "lbgm"        # fedavg (dense Allreduce) | lbgm (look-back gradient multiplier)
     threshold: float = 0.2    # lbgm: send a scalar iff sin^2(angle(g, b)) <= threshold; 0 = always refresh
     granularity: str = "model"  # lbgm: model (one scalar per client) | layer (one per tensor)
+    compressor: str = "none"  # none | topk | randomk | sign | lowrank | powersgd (runs before LBGM)
+    ratio: float = 0.01       # topk / randomk: fraction of each layer's entries kept
+    rank: int = 4             # lowrank / powersgd: rank of each matrix-shaped layer
+    error_feedback: bool = False  # carry each client's compression residual into its next update
 
     def __post_init__(self):
         _one_of(self.name, "algo.name", ("fedavg", "lbgm"))
+        _one_of(self.compressor, "algo.compressor",
+                ("none", "topk", "randomk", "sign", "lowrank", "powersgd"))
+        _check(0.0 < self.ratio <= 1.0, "algo.ratio", "must be in (0, 1]")
+        _check(self.rank >= 1, "algo.rank", "must be >= 1")
+        _check(not (self.error_feedback and self.compressor == "none"), "algo.error_feedback",
+               "needs a compressor (set algo.compressor) or set it to false")
         _check(0.0 <= self.threshold <= 1.0, "algo.threshold",
                f"{self.threshold} is outside [0, 1] (it bounds sin^2 of an angle)")
         _one_of(self.granularity, "algo.granularity", ("model", "layer"))

@@ -55,7 +55,7 @@ class RunLog:
         summary = {
             "label": self.spec.label(), "algo": self.spec.algo.name,
             "threshold": self.spec.algo.threshold if self.spec.algo.name == "lbgm" else None,
-            "compressor": "none", "num_params": num_params, "rounds": len(self.rows),
+            "compressor": self.spec.algo.compressor, "num_params": num_params, "rounds": len(self.rows),
             "final_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
             "total_uplink_bytes": total("uplink_bytes"),
             "total_dense_uplink_bytes": total("dense_uplink_bytes"),
