@@ -8,10 +8,10 @@ parsed and checked on every rank before anything starts.
 import argparse
 import sys
 
-from lbgm_mpi.cli import train
+from lbgm_mpi.cli import inspect, train
 from lbgm_mpi.errors import UserError
 
-COMMAND_MODULES = [train]
+COMMAND_MODULES = [train, inspect]
 
 
 class _ArgParseError(UserError):

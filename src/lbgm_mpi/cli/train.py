@@ -17,6 +17,9 @@ def register(sub) -> None:
                        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
         q.add_argument("--out", default=None, help="run folder (default runs/<config>-<time>)")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument("--resume", default=None, metavar="PATH|latest",
+                       help="continue from a checkpoint; 'latest' = newest in OUT/checkpoints "
+                            "(a fresh start if there is none)")
     compare.add_argument("--methods", default="fedavg,lbgm",
                          help=f"comma-separated, from: {', '.join(METHODS)}")
     train.set_defaults(handler=cmd_train, needs_config=True, check=lambda args, spec: None)
@@ -39,12 +42,14 @@ def _out_dir(comm, args) -> Path:
     return Path("runs") / f"{Path(args.config).stem}-{stamp}"
 
 
-def build_trainer(comm, spec, out_dir, quiet):
-    """Construct a Trainer; a UserError on any rank ends every rank with one message."""
+def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
+    """Construct a Trainer (resumed from a checkpoint if asked); a UserError on any rank ends
+    every rank with one message."""
     from lbgm_mpi.training.loop import Trainer
     error = trainer = None
     try:
-        trainer = Trainer(spec, comm, out_dir, quiet=quiet)
+        trainer = Trainer(spec, comm, out_dir, quiet=quiet, stop=stop)
+        _resume(trainer, resume)
     except UserError as err:
         error = err
     failed = comm.control_gather_int(int(error is not None))
@@ -55,9 +60,28 @@ def build_trainer(comm, spec, out_dir, quiet):
     return trainer
 
 
+def _resume(trainer, resume) -> None:
+    from lbgm_mpi.checkpoint.state import resolve
+    if resume is None:
+        return
+    path = resolve(resume, trainer.checkpoint_dir)
+    if path is None:
+        trainer.progress.note(f"no checkpoint in {trainer.checkpoint_dir} yet: starting fresh")
+        return
+    trainer.resume(path)
+
+
 def cmd_train(comm, args, spec) -> int:
+    from lbgm_mpi.training.signals import PREEMPTED_EXIT_CODE, Preempted, StopFlag
     out = _out_dir(comm, args)
-    summary = build_trainer(comm, spec, out, args.quiet).run()
+    trainer = build_trainer(comm, spec, out, args.quiet, args.resume, StopFlag().install())
+    try:
+        summary = trainer.run()
+    except Preempted as stop:
+        if comm.is_root:
+            print(f"lbgm-mpi: {stop} (exit {PREEMPTED_EXIT_CODE}: resume with --resume latest)",
+                  file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if comm.is_root:
         print(f"run folder: {out}  best accuracy {100 * summary['best_acc']:.2f}%  "
               f"uplink {summary['total_uplink_bytes']} B  MPI {summary['total_mpi_bytes']} B")

@@ -67,6 +67,19 @@ class Comm:
         self._comm.Allgather(send, out)
         return out.tolist()
 
+    def control_gather_ints(self, values: list[int]) -> list[list[int]]:
+        """Gather a few int64 from every rank to every rank (bookkeeping traffic)."""
+        send = np.array(values, dtype=np.int64)
+        out = np.empty((self.size, len(values)), dtype=np.int64)
+        self.control_bytes += send.nbytes
+        self._comm.Allgather(send, out)
+        return out.tolist()
+
+    def control_gather_objects(self, obj) -> list | None:
+        """Gather one small object per rank to the root (None elsewhere); bookkeeping traffic
+        such as client states for a checkpoint."""
+        return self._comm.gather(obj, root=self.root)
+
     def control_any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any rank (bookkeeping traffic)."""
         return any(self.control_gather_int(int(flag)))

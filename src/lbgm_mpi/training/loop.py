@@ -14,7 +14,8 @@ from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
-from lbgm_mpi.training.runlog import Progress, RunLog
+from lbgm_mpi.training.runlog import Progress, RunLog, human_bytes
+from lbgm_mpi.training.signals import Preempted, StopFlag
 
 PARTICIPANT_STREAM = 0x5EED_C11E  # tag of the participant draw in the seed sequence
 
@@ -30,9 +31,13 @@ def draw_participants(seed: int, rnd: int, num_clients: int, per_round: int) -> 
 class Trainer:
     """One federated run on this rank: a server replica plus the clients hosted here."""
 
-    def __init__(self, spec, comm, out_dir: Path, quiet: bool = False):
+    def __init__(self, spec, comm, out_dir: Path, quiet: bool = False,
+                 stop: StopFlag | None = None):
         self.spec = spec
         self.comm = comm
+        self.out_dir = Path(out_dir)
+        self.stop = stop or StopFlag()
+        self.stop_agreed = False
         torch.set_num_threads(spec.system.threads)
         self.topo = make_topology(comm.rank, comm.size, spec.clients.count,
                                   spec.clients.placement)
@@ -50,7 +55,7 @@ class Trainer:
         self.exchange = make_exchange(spec, comm, self.topo, self.layout)
         self.round = 0
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
-        self.log = RunLog(out_dir, spec, comm.is_root)
+        self.log = RunLog(self.out_dir, spec, comm.is_root)
         self.log.write_partition(self.parts, label_histograms(labels, self.parts,
                                                               data.num_classes))
         self.progress = Progress(spec.label(), spec.run.rounds, comm.is_root and not quiet)
@@ -72,7 +77,10 @@ class Trainer:
         delta, traffic = self.exchange(participants, weights, updates, rnd)
         self.server.step(self.theta, delta)
         comm_s = self.comm.seconds - comm0
-        mpi_bytes = sum(self.comm.control_gather_int(self.comm.bytes_sent - sent0))
+        totals = self.comm.control_gather_ints([self.comm.bytes_sent - sent0,
+                                                 int(self.stop.requested)])
+        mpi_bytes = sum(t[0] for t in totals)
+        self.stop_agreed = any(t[1] for t in totals)
         if spec.run.check_every and rnd % spec.run.check_every == 0:
             self.comm.check_same(self.theta.numpy(), f"the global model after round {rnd}")
         acc, loss = self._evaluate(rnd)
@@ -97,9 +105,38 @@ class Trainer:
             return None, None
         return evaluate(self.model, self.theta, *self.test_set)
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def checkpoint(self):
+        """Collective: write a checkpoint of this round (root); return its path on the root."""
+        from lbgm_mpi.checkpoint.state import save
+        saved = save(self, self.checkpoint_dir)
+        if saved is None:
+            return None
+        path, size, seconds = saved
+        self.progress.note(f"checkpoint {path.name}: {human_bytes(size)} in {seconds:.2f} s")
+        return path
+
+    def resume(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path`` (every rank reads it)."""
+        from lbgm_mpi.checkpoint.state import restore
+        restore(self, path)
+        self.progress.resume(self.log.rows)
+        self.progress.note(f"resumed from {path} at round {self.round}")
+
     def run(self) -> dict:
-        """Train until run.rounds; write summary.json (root); return the summary."""
+        """Train until run.rounds, checkpointing as configured; write summary.json (root).
+
+        Raises Preempted on every rank, after a checkpoint, when a stop signal arrived."""
+        every = self.spec.run.checkpoint_every
         while self.round < self.spec.run.rounds:
             self.step()
+            if self.stop_agreed:
+                raise Preempted(self.round, self.checkpoint())
+            if every and self.round % every == 0 and self.round < self.spec.run.rounds:
+                self.checkpoint()
+        self.checkpoint()
         by_rank = self.comm.control_gather_int(self.comm.bytes_sent - self.bytes_at_start)
         return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank})

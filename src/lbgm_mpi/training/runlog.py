@@ -22,7 +22,7 @@ class RunLog:
 
     On non-root ranks every method is a no-op, so callers need no rank checks."""
 
-    def __init__(self, out_dir: Path, spec, active: bool, resume: bool = False):
+    def __init__(self, out_dir: Path, spec, active: bool):
         self.out_dir = Path(out_dir)
         self.spec = spec
         self.active = active
@@ -30,8 +30,7 @@ class RunLog:
         if active:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.toml").write_text(to_toml(spec))
-            if not resume:
-                (self.out_dir / "metrics.jsonl").write_text("")
+            (self.out_dir / "metrics.jsonl").write_text("")
 
     def write_partition(self, parts, histograms) -> None:
         """Save each client's sample count and label histogram."""
@@ -40,6 +39,14 @@ class RunLog:
                        for k, (p, h) in enumerate(zip(parts, histograms))]
             (self.out_dir / "partition.json").write_text(json.dumps(
                 {"partition": self.spec.data.partition, "clients": clients}, indent=1))
+
+    def restore(self, rows: list[dict]) -> None:
+        """Continue after ``rows`` (from a checkpoint): metrics.jsonl is rewritten to hold exactly
+        them, dropping any round logged after the checkpoint was taken."""
+        self.rows = list(rows)
+        if self.active:
+            text = "".join(json.dumps(row) + "\n" for row in rows)
+            (self.out_dir / "metrics.jsonl").write_text(text)
 
     def append(self, row: dict) -> None:
         """Add one round's metrics line."""
@@ -81,6 +88,17 @@ class Progress:
         self.every = max(1, rounds // 10)
         self.start = time.perf_counter()
         self.uplink = self.dense = 0
+
+    def resume(self, rows: list[dict]) -> None:
+        """Start the cumulative figures from the rounds already run."""
+        self.uplink = sum(r["uplink_bytes"] for r in rows)
+        self.dense = sum(r["dense_uplink_bytes"] for r in rows)
+
+    def note(self, text: str) -> None:
+        """A one-off line (checkpoint written, resumed from ...)."""
+        if self.active:
+            self.stream.write(f"[{self.label}] {text}\n")
+            self.stream.flush()
 
     def update(self, row: dict, acc: float | None) -> None:
         """Show round ``row['round']`` with the latest accuracy and cumulative savings."""

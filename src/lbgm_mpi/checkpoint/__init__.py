@@ -1,0 +1,1 @@
+"""HDF5 checkpoints: an atomic store of named arrays (store.py) and the trainer's state (state.py)."""

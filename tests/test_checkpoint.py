@@ -1,0 +1,151 @@
+"""Checkpoints: atomic, verified, refused when unusable; resume continues bit for bit, on the same
+or a different number of ranks; a stop signal on one rank checkpoints the whole job."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics
+from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_path, list_checkpoints,
+                                       prune_checkpoints, read_checkpoint, write_checkpoint)
+
+TIMING = ("round_s", "comm_s")
+RUN = ["configs/default.toml", *FAST, "--set", "algo.threshold=0.3", "--quiet"]
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# ---- the store ------------------------------------------------------------------------------
+
+def test_round_trip_and_pruning(tmp_path):
+    arrays = {"theta": np.random.default_rng(0).normal(size=3000).astype(np.float32),
+              "clients/3/ef_residual": np.arange(7, dtype=np.float32)}
+    for rnd in (1, 2, 3):
+        write_checkpoint(checkpoint_path(tmp_path, rnd), arrays, {"round": rnd})
+    prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["round-000002.h5", "round-000003.h5"]
+    got, attrs = read_checkpoint(checkpoint_path(tmp_path, 3))
+    assert attrs == {"round": 3}
+    assert all(np.array_equal(got[k], arrays[k]) for k in arrays) and got.keys() == arrays.keys()
+
+
+def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
+    path = checkpoint_path(tmp_path, 1)
+    write_checkpoint(path, {"theta": np.ones(100, dtype=np.float32)}, {"round": 1})
+    with h5py.File(path, "r+") as f:
+        f["theta"][5] = 2.0
+    with pytest.raises(CheckpointError, match="checksum mismatch") as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value)
+    write_checkpoint(path, {"theta": np.ones(100, dtype=np.float32)}, {"round": 1})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_checkpoint(path)
+    with h5py.File(path, "w") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(CheckpointError, match="format version 99"):
+        read_checkpoint(path)
+
+
+def test_kill_9_during_a_write_leaves_the_previous_checkpoint(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "tests/mpi/kill_during_checkpoint.py"),
+                             str(tmp_path)], env=mpi_env(), timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["round-000001.h5"]
+    assert list(tmp_path.glob(".round-000002.h5.tmp-*")), "the interrupted write left no temp file"
+    arrays, attrs = read_checkpoint(list_checkpoints(tmp_path)[-1])
+    assert attrs["round"] == 1 and np.array_equal(arrays["theta"], np.arange(1000))
+    prune_checkpoints(tmp_path, keep=1)
+    assert not list(tmp_path.glob(".round-*")), "stale temporary files are cleaned up"
+
+
+# ---- resume ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    lbgm(2, "train", *RUN, "--out", str(out))
+    return read_metrics(out)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("first, second", [(1, 1), (2, 2), (4, 4), (2, 4), (4, 1)])
+def test_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path, first, second):
+    lbgm(first, "train", *RUN, "--set", "run.rounds=3", "--out", str(tmp_path))
+    lbgm(second, "train", *RUN, "--out", str(tmp_path), "--resume", "latest")
+    assert _without_timing(read_metrics(tmp_path)) == _without_timing(uninterrupted)
+
+
+@pytest.mark.mpi
+def test_incompatible_checkpoints_are_refused(tmp_path):
+    lbgm(1, "train", *RUN, "--set", "run.rounds=2", "--out", str(tmp_path))
+    ckpt = list_checkpoints(tmp_path / "checkpoints")[-1]
+    for change, key in ((["--set", "model.name=linear"], "model.name"),
+                        (["--set", "clients.count=5"], "clients.count")):
+        result = lbgm(2, "train", *RUN, *change, "--out", str(tmp_path), "--resume", str(ckpt),
+                      check=False, timeout=60)
+        assert result.returncode != 0
+        line = [x for x in result.stderr.splitlines() if x.startswith("lbgm-mpi: error")]
+        assert line and str(ckpt) in line[0] and key in line[0], result.stderr
+    missing = lbgm(1, "train", *RUN, "--out", str(tmp_path), "--resume",
+                   str(tmp_path / "nope.h5"), check=False, timeout=60)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def _rank_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        # a rank runs "python -m lbgm_mpi ..."; the launcher's own command line differs
+        if entry.name.isdigit() and cmd[1:3] == [b"-m", b"lbgm_mpi"] and marker.encode() in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.mpi
+def test_sigterm_to_one_rank_checkpoints_the_whole_job(uninterrupted, tmp_path):
+    """SIGTERM reaches one rank only; every rank stops after the same round, the job exits 75,
+    and resuming gives the uninterrupted run's metrics."""
+    args = ["-m", "lbgm_mpi", "train", *RUN, "--set", "run.rounds=400", "--out", str(tmp_path)]
+    proc = subprocess.Popen(mpirun_cmd(4, args), env=mpi_env(), cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        metrics = tmp_path / "metrics.jsonl"
+        while time.time() < deadline and (not metrics.exists()
+                                          or len(metrics.read_text().splitlines()) < 3):
+            time.sleep(0.2)
+        ranks = _rank_pids(str(tmp_path))
+        assert len(ranks) == 4, ranks
+        os.kill(ranks[-1], signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, err
+    stopped = len(read_metrics(tmp_path))
+    assert 3 <= stopped < 400
+    assert list_checkpoints(tmp_path / "checkpoints")[-1].name == f"round-{stopped:06d}.h5"
+    lbgm(2, "train", *RUN, "--out", str(tmp_path), "--resume", "latest")
+    assert _without_timing(read_metrics(tmp_path)) == _without_timing(uninterrupted)
+
+
+def test_inspect_prints_round_and_checksum(tmp_path):
+    lbgm(1, "train", *RUN, "--set", "run.rounds=2", "--out", str(tmp_path))
+    ckpt = list_checkpoints(tmp_path / "checkpoints")[-1]
+    out = lbgm(1, "inspect", str(ckpt)).stdout
+    assert "round 2 of 2" in out and "checksum OK" in out and "bank/rows" in out
