@@ -71,6 +71,13 @@ def _resume(trainer, resume) -> None:
     trainer.resume(path)
 
 
+def _plot(folders, prefix) -> None:
+    """Accuracy against cumulative uplink bytes and against round, as PNGs next to the runs."""
+    from lbgm_mpi.analysis.plots import plot_runs
+    for png in plot_runs(folders, prefix):
+        print(f"plot: {png}")
+
+
 def cmd_train(comm, args, spec) -> int:
     from lbgm_mpi.training.signals import PREEMPTED_EXIT_CODE, Preempted, StopFlag
     out = _out_dir(comm, args)
@@ -83,6 +90,7 @@ def cmd_train(comm, args, spec) -> int:
                   file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     if comm.is_root:
+        _plot([out], out / "plot")
         print(f"run folder: {out}  best accuracy {100 * summary['best_acc']:.2f}%  "
               f"uplink {summary['total_uplink_bytes']} B  MPI {summary['total_mpi_bytes']} B")
     return 0
@@ -98,6 +106,7 @@ def cmd_compare(comm, args, spec) -> int:
         build_trainer(comm, variant, folder, args.quiet).run()
         folders.append(folder)
     if comm.is_root:
+        _plot(folders, out / "compare")
         print(format_table(compare_table(folders)))
         print(f"run folders: {out}/{{{','.join(f.name for f in folders)}}}")
     return 0
