@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from lbgm_mpi.cli import inspect, train
+from lbgm_mpi.cli.agree import on_every_rank
 from lbgm_mpi.errors import UserError
 
 COMMAND_MODULES = [train, inspect]
@@ -34,23 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup(comm, argv):
-    """Parse arguments (and the config, where needed) on every rank; agree on failure so that no
-    rank is left waiting in a collective."""
+    """Parse arguments (and the config, where needed) on every rank; fail together."""
     from lbgm_mpi.config import load_config
-    error = args = spec = None
-    try:
+
+    def parse():
         args = build_parser().parse_args(argv)
+        spec = None
         if getattr(args, "needs_config", False):
             spec = load_config(args.config, args.overrides)
             args.check(args, spec)
-    except UserError as err:
-        error = err
-    failed = comm.control_gather_int(int(error is not None))
-    if any(failed):
-        if comm.rank == failed.index(1):
-            print(f"lbgm-mpi: error: {error}", file=sys.stderr)
-        raise SystemExit(2)
-    return args, spec
+        return args, spec
+
+    return on_every_rank(comm, parse)
 
 
 def main(argv=None) -> int:

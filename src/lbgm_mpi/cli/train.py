@@ -4,6 +4,7 @@ import sys
 import time
 from pathlib import Path
 
+from lbgm_mpi.cli.agree import on_every_rank
 from lbgm_mpi.errors import UserError
 from lbgm_mpi.training.methods import METHODS, method_overrides
 
@@ -46,18 +47,13 @@ def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
     """Construct a Trainer (resumed from a checkpoint if asked); a UserError on any rank ends
     every rank with one message."""
     from lbgm_mpi.training.loop import Trainer
-    error = trainer = None
-    try:
+
+    def build():
         trainer = Trainer(spec, comm, out_dir, quiet=quiet, stop=stop)
         _resume(trainer, resume)
-    except UserError as err:
-        error = err
-    failed = comm.control_gather_int(int(error is not None))
-    if any(failed):
-        if comm.rank == failed.index(1):
-            print(f"lbgm-mpi: error on rank {comm.rank}: {error}", file=sys.stderr)
-        raise SystemExit(2)
-    return trainer
+        return trainer
+
+    return on_every_rank(comm, build, where="rank")
 
 
 def _resume(trainer, resume) -> None:
