@@ -112,7 +112,7 @@ class Clients:
 class Algo:
     name: str = "lbgm"        # fedavg (dense Allreduce) | lbgm (look-back gradient multiplier)
     threshold: float = 0.2    # lbgm: send a scalar iff sin^2(angle(g, b)) <= threshold; 0 = always refresh
-    granularity: str = "model"  # lbgm: model (one scalar per client) | layer (one per tensor)
+    granularity: str = "model"  # lbgm: model (one scalar per client) | layer (per tensor; no compressor)
     compressor: str = "none"  # none | topk | randomk | sign | lowrank | powersgd (runs before LBGM)
     ratio: float = 0.01       # topk / randomk: fraction of each layer's entries kept
     rank: int = 4             # lowrank / powersgd: rank of each matrix-shaped layer
@@ -129,6 +129,10 @@ class Algo:
         _check(0.0 <= self.threshold <= 1.0, "algo.threshold",
                f"{self.threshold} is outside [0, 1] (it bounds sin^2 of an angle)")
         _one_of(self.granularity, "algo.granularity", ("model", "layer"))
+        _check(not (self.name == "lbgm" and self.compressor != "none"
+                    and self.granularity == "layer"), "algo.granularity",
+               f"'layer' cannot be stacked on algo.compressor = {self.compressor!r} (a compressor "
+               "sends one payload per client): set algo.granularity = \"model\"")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
 from lbgm_mpi.compress.base import Compressor
 from lbgm_mpi.compress.error_feedback import ErrorFeedback
 from lbgm_mpi.compress.lowrank import AtomoCompressor, PowerSGDCompressor
+from lbgm_mpi.compress.per_client import ClientCompressors
 from lbgm_mpi.compress.sign import SignCompressor
 from lbgm_mpi.compress.topk import RandomKCompressor, TopKCompressor
 from lbgm_mpi.models.layout import Layout
@@ -41,6 +42,6 @@ def make_compressor(name: str, layout: Layout, *, ratio: float, rank: int, seed:
     return ErrorFeedback(compressor) if error_feedback else compressor
 
 
-__all__ = ["COMPRESSOR_NAMES", "AtomoCompressor", "Compressor", "ErrorFeedback",
-           "PowerSGDCompressor", "RandomKCompressor", "SignCompressor", "TopKCompressor",
-           "make_compressor"]
+__all__ = ["COMPRESSOR_NAMES", "AtomoCompressor", "ClientCompressors", "Compressor",
+           "ErrorFeedback", "PowerSGDCompressor", "RandomKCompressor", "SignCompressor",
+           "TopKCompressor", "make_compressor"]

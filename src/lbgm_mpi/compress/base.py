@@ -45,6 +45,18 @@ class Compressor(ABC):
     def decompress(self, payload: torch.Tensor) -> torch.Tensor:
         """Return a new float32 vector of ``layout.size`` values rebuilt from ``payload`` alone."""
 
+    def encode(self, x: torch.Tensor,
+               state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (payload, what the receiver rebuilds from it); as ``compress`` otherwise."""
+        payload = self.compress(x, state)
+        return payload, self.decompress(payload)
+
+    def record_applied(self, state: dict[str, torch.Tensor], sent: torch.Tensor,
+                       applied: torch.Tensor) -> None:
+        """The server applied ``applied`` where the payload stood for ``sent`` (e.g. LBGM sent a
+        multiple of an older update instead); a compressor with memory accounts for the
+        difference in ``state``, in place. A memoryless compressor does nothing."""
+
     def _pack(self, pieces: Sequence[torch.Tensor]) -> torch.Tensor:
         return pack([p.to(dtype) for p, (dtype, _) in zip(pieces, self.wire, strict=True)])
 

@@ -1,8 +1,27 @@
-"""Named methods for ``lbgm-mpi compare``: each is a set of config overrides on the base config."""
+"""Named methods for ``lbgm-mpi compare``: each is a set of config overrides on the base config.
+
+A method names everything that makes it what it is (algorithm, compressor, error feedback), so a
+base config that sets a compressor does not leak into "fedavg" or "lbgm". Compressor settings
+(algo.ratio, algo.rank) and LBGM's threshold come from the base config, shared by all methods.
+Plain compressors run FedAvg on the compressed updates; "+lbgm" stacks LBGM on the compressor
+(one look-back coefficient per client: granularity "model").
+"""
+
+
+def _method(name: str, compressor: str = "none", error_feedback: bool = False) -> dict:
+    algo = {"name": name, "compressor": compressor, "error_feedback": error_feedback}
+    if name == "lbgm" and compressor != "none":
+        algo["granularity"] = "model"
+    return {"algo": algo}
+
 
 METHODS = {
-    "fedavg": {"algo": {"name": "fedavg"}},
-    "lbgm": {"algo": {"name": "lbgm"}},
+    "fedavg": _method("fedavg"),
+    "lbgm": _method("lbgm"),
+    **{label: _method(name, compressor)
+       for compressor in ("topk", "randomk", "sign", "lowrank", "powersgd")
+       for label, name in ((compressor, "fedavg"), (f"{compressor}+lbgm", "lbgm"))},
+    "ef-sign": _method("fedavg", "sign", error_feedback=True),
 }
 
 
