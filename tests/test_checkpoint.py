@@ -149,3 +149,20 @@ def test_inspect_prints_round_and_checksum(tmp_path):
     ckpt = list_checkpoints(tmp_path / "checkpoints")[-1]
     out = lbgm(1, "inspect", str(ckpt)).stdout
     assert "round 2 of 2" in out and "checksum OK" in out and "bank/rows" in out
+
+
+@pytest.mark.mpi
+def test_resume_keeps_compressor_and_error_feedback_state(tmp_path):
+    """PowerSGD's warm-start factors and the error-feedback residuals live on the clients' host
+    ranks; a resume on another rank count must restore them exactly."""
+    stacked = [*RUN, "--set", "algo.compressor=powersgd", "--set", "algo.rank=2",
+               "--set", "algo.error_feedback=true"]
+    lbgm(2, "train", *stacked, "--out", str(tmp_path / "whole"))
+    lbgm(2, "train", *stacked, "--set", "run.rounds=3", "--out", str(tmp_path / "cut"))
+    ckpt = list_checkpoints(tmp_path / "cut" / "checkpoints")[-1]
+    arrays, _ = read_checkpoint(ckpt)
+    assert any(name.endswith("ef_residual") for name in arrays), sorted(arrays)
+    assert any("psgd_q" in name for name in arrays), sorted(arrays)
+    lbgm(4, "train", *stacked, "--out", str(tmp_path / "cut"), "--resume", "latest")
+    assert _without_timing(read_metrics(tmp_path / "cut")) == \
+        _without_timing(read_metrics(tmp_path / "whole"))

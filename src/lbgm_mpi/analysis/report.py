@@ -52,8 +52,11 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def fedavg_reference(runs: list[Run]) -> Run | None:
-    """The run whose algorithm is FedAvg; None if there is none, an error if there are several."""
-    found = [r for r in runs if r.summary["algo"] == "fedavg"]
+    """The uncompressed FedAvg run; None if there is none, an error if there are several.
+
+    FedAvg with a compressor (top-k, sign, ...) is a method to compare, not the reference."""
+    found = [r for r in runs if r.summary["algo"] == "fedavg"
+             and r.summary.get("compressor", "none") == "none"]
     if len(found) > 1:
         names = ", ".join(str(r.path) for r in found)
         raise ValueError(f"several FedAvg runs ({names}): pass only the one to compare against")

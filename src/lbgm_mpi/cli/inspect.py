@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from lbgm_mpi.checkpoint.store import read_checkpoint
-from lbgm_mpi.training.runlog import human_bytes
+from lbgm_mpi.analysis.report import human_bytes
 
 
 def register(sub) -> None:

@@ -14,7 +14,8 @@ from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
-from lbgm_mpi.training.runlog import Progress, RunLog, human_bytes
+from lbgm_mpi.analysis.report import human_bytes
+from lbgm_mpi.training.runlog import Progress, RunLog
 from lbgm_mpi.training.signals import Preempted, StopFlag
 
 PARTICIPANT_STREAM = 0x5EED_C11E  # tag of the participant draw in the seed sequence

@@ -5,16 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.config import to_toml
-
-
-def human_bytes(n: float) -> str:
-    """1234567 -> '1.23 MB' (decimal units)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000.0
-    return f"{n:.2f} TB"
 
 
 class RunLog:
