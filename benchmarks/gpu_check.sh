@@ -111,7 +111,8 @@ step kernel-tests "$T_TESTS" python -m pytest tests/test_kernels.py -m gpu -q \
     -p no:cacheprovider --junitxml="$OUT/kernel-tests.xml"
 step kernel-bench "$T_BENCH" python benchmarks/bench_kernels.py --out "$OUT/kernels.json"
 
-# (lead) the 2-rank GPU training comparison goes here, as one more `step`.
+step train-gpu-vs-cpu "$T_TESTS" python -m pytest tests/test_device.py -q -p no:cacheprovider \
+    --junitxml="$OUT/device-tests.xml"
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: FAILED steps: ${failed[*]}"

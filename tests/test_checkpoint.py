@@ -116,20 +116,21 @@ def _rank_pids(marker: str) -> list[int]:
 
 
 @pytest.mark.mpi
-def test_sigterm_to_one_rank_checkpoints_the_whole_job(uninterrupted, tmp_path):
+def test_sigterm_to_one_rank_checkpoints_the_whole_job(tmp_path):
     """SIGTERM reaches one rank only; every rank stops after the same round, the job exits 75,
-    and resuming gives the uninterrupted run's metrics."""
-    args = ["-m", "lbgm_mpi", "train", *RUN, "--set", "run.rounds=400", "--out", str(tmp_path)]
+    and resuming gives the metrics of an uninterrupted run of the same length."""
+    run = tmp_path / "stopped"
+    args = ["-m", "lbgm_mpi", "train", *RUN, "--set", "run.rounds=400", "--out", str(run)]
     proc = subprocess.Popen(mpirun_cmd(4, args), env=mpi_env(), cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         deadline = time.time() + 90
-        metrics = tmp_path / "metrics.jsonl"
+        metrics = run / "metrics.jsonl"
         while time.time() < deadline and (not metrics.exists()
                                           or len(metrics.read_text().splitlines()) < 3):
             time.sleep(0.2)
-        ranks = _rank_pids(str(tmp_path))
+        ranks = _rank_pids(str(run))
         assert len(ranks) == 4, ranks
         os.kill(ranks[-1], signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
@@ -137,11 +138,13 @@ def test_sigterm_to_one_rank_checkpoints_the_whole_job(uninterrupted, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 75, err
-    stopped = len(read_metrics(tmp_path))
+    stopped = len(read_metrics(run))
     assert 3 <= stopped < 400
-    assert list_checkpoints(tmp_path / "checkpoints")[-1].name == f"round-{stopped:06d}.h5"
-    lbgm(2, "train", *RUN, "--out", str(tmp_path), "--resume", "latest")
-    assert _without_timing(read_metrics(tmp_path)) == _without_timing(uninterrupted)
+    assert list_checkpoints(run / "checkpoints")[-1].name == f"round-{stopped:06d}.h5"
+    total = ["--set", f"run.rounds={stopped + 2}"]
+    lbgm(2, "train", *RUN, *total, "--out", str(run), "--resume", "latest")
+    lbgm(2, "train", *RUN, *total, "--out", str(tmp_path / "whole"))
+    assert _without_timing(read_metrics(run)) == _without_timing(read_metrics(tmp_path / "whole"))
 
 
 def test_inspect_prints_round_and_checksum(tmp_path):

@@ -148,13 +148,18 @@ class Server:
 @dataclass(frozen=True)
 class System:
     threads: int = 1        # torch CPU threads per rank; pinned so results do not depend on P
-    device: str = "cpu"     # cpu | cuda | auto (one GPU per rank, chosen from the local rank)
+    device: str = "cpu"     # cpu | cuda | auto (one GPU per rank, chosen from the node-local rank)
     kernels: str = "torch"  # torch | cupy | auto: back end of the projection and aggregation
+    bank_dtype: str = "float32"  # float32 | bfloat16: storage of the look-back bank (K x d)
+    allow_gpu_sharing: bool = False  # let several ranks of a node share one GPU
+    cuda_aware_mpi: str = "auto"  # auto | yes | no: hand device buffers to MPI (else stage on host)
 
     def __post_init__(self):
         _check(self.threads >= 1, "system.threads", "must be >= 1")
         _one_of(self.device, "system.device", ("cpu", "cuda", "auto"))
         _one_of(self.kernels, "system.kernels", ("torch", "cupy", "auto"))
+        _one_of(self.bank_dtype, "system.bank_dtype", ("float32", "bfloat16"))
+        _one_of(self.cuda_aware_mpi, "system.cuda_aware_mpi", ("auto", "yes", "no"))
 
 
 SECTIONS = {"run": Run, "data": Data, "model": Model, "clients": Clients, "algo": Algo,

@@ -91,20 +91,21 @@ class Exchange:
 class FedAvgExchange(Exchange):
     """Dense baseline: weighted sum by one Allreduce."""
 
-    def __init__(self, comm, topology, num_params: int):
+    def __init__(self, comm, topology, num_params: int, device="cpu"):
         super().__init__(topology)
         self.comm = comm
         self.d = num_params
+        self.device = device
 
     def __call__(self, participants, weights, updates, rnd):
         """Return (delta, RoundTraffic); ``updates`` maps this rank's participants to (g, loss)."""
-        buf = torch.zeros(self.d + 1, dtype=torch.float32)
+        buf = torch.zeros(self.d + 1, dtype=torch.float32, device=self.device)
         for k in sorted(updates):
             g, loss = updates[k]
             w = float(weights[k])
             buf[:self.d].add_(g, alpha=w)
             buf[self.d] += w * loss
-        total = torch.from_numpy(self.comm.allreduce_sum(buf.numpy()))
+        total = self.comm.allreduce_tensor(buf)
         dense = len(participants) * self.d * FLOAT_BYTES
         traffic = RoundTraffic(refreshes=len(participants), uplink_bytes=dense,
                                dense_uplink_bytes=dense, downlink_bytes=total.numel() * FLOAT_BYTES,
@@ -121,10 +122,11 @@ def record_dtype(num_segments: int) -> np.dtype:
 class GatherExchange(Exchange, ABC):
     """Records, then payload bytes, by two Allgatherv; subclasses encode and combine."""
 
-    def __init__(self, comm, topology, kernels, bounds: torch.Tensor,
+    def __init__(self, comm, topology, kernels, bounds: torch.Tensor, device="cpu",
                  bank: LookbackBank | None = None, compressors: ClientCompressors | None = None):
         super().__init__(topology, bank, compressors)
         self.comm = comm
+        self.device = device
         self.kernels = kernels
         self.bounds = bounds
         self.sizes = torch.diff(bounds).tolist()
@@ -142,11 +144,12 @@ class GatherExchange(Exchange, ABC):
         got = self.comm.allgatherv_bytes(records, [n * self.dtype.itemsize for n in per_rank])
         got = got.view(self.dtype)
         self._check_ids(got, participants)
-        send = torch.cat(payloads) if payloads else torch.zeros(0, dtype=torch.uint8)
-        data = self.comm.allgatherv_bytes(send.numpy(), self._payload_bytes_per_rank(got, per_rank))
-        chunks = np.split(data, np.cumsum(got["payload"])[:-1])
-        delta = self._combine(got, [torch.from_numpy(c) for c in chunks], weights)
-        return delta, self._traffic(got, weights, data.nbytes)
+        send = torch.cat(payloads) if payloads else \
+            torch.zeros(0, dtype=torch.uint8, device=self.device)
+        data = self.comm.allgatherv_tensor(send, self._payload_bytes_per_rank(got, per_rank))
+        chunks = torch.split(data, got["payload"].tolist())
+        delta = self._combine(got, chunks, weights)
+        return delta, self._traffic(got, weights, data.numel())
 
     @abstractmethod
     def _encode(self, k, g, record, rnd) -> torch.Tensor:
@@ -206,20 +209,23 @@ class LbgmExchange(GatherExchange):
 
     def __init__(self, comm, topology, kernels, bank: LookbackBank, threshold: float,
                  compressors: ClientCompressors | None = None):
-        super().__init__(comm, topology, kernels, bank.bounds, bank, compressors)
+        super().__init__(comm, topology, kernels, bank.bounds, bank.rows.device, bank,
+                         compressors)
         self.threshold = threshold
 
     def _encode(self, k, g, record, rnd) -> torch.Tensor:
         if self.compressors is None:
             refresh = self._decide(k, g, record, rnd)
             parts = [seg for seg, r in zip(torch.split(g, self.sizes), refresh.tolist()) if r]
-            return (torch.cat(parts) if parts else torch.zeros(0)).view(torch.uint8)
+            empty = torch.zeros(0, device=g.device)
+            return (torch.cat(parts) if parts else empty).view(torch.uint8)
         payload, sent = self.compressors.encode(k, g)
         if self._decide(k, sent, record, rnd).all():
             return payload
         # the server applies rho * b, with rho rounded to float32 as it travels
-        self.compressors.record_applied(k, sent, float(record["rho"][0]) * self.bank.row(k))
-        return torch.zeros(0, dtype=torch.uint8)
+        applied = float(record["rho"][0]) * self.bank.row(k).to(torch.float32)
+        self.compressors.record_applied(k, sent, applied)
+        return torch.zeros(0, dtype=torch.uint8, device=g.device)
 
     def _decide(self, k, g, record, rnd) -> torch.Tensor:
         """Scalar or refresh for each segment of client k's update g; fill the record's refresh
@@ -267,17 +273,20 @@ def client_compressors(spec, topology, layout) -> ClientCompressors | None:
     return ClientCompressors(build, topology.local_clients, spec.run.seed)
 
 
-def make_exchange(spec, comm, topology, layout) -> Exchange:
-    """The exchange of the configured algorithm and compressor."""
+BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def make_exchange(spec, comm, topology, layout, device="cpu") -> Exchange:
+    """The exchange of the configured algorithm and compressor, its tensors on ``device``."""
     if spec.algo.name == "fedavg" and spec.algo.compressor == "none":
-        return FedAvgExchange(comm, topology, layout.size)
+        return FedAvgExchange(comm, topology, layout.size, device)
     kernels = select_kernels(spec.system.kernels)
     compressors = client_compressors(spec, topology, layout)
     bounds = layout.bounds_tensor()
     if spec.algo.name == "fedavg":
-        return CompressedFedAvgExchange(comm, topology, kernels, bounds[[0, -1]],
+        return CompressedFedAvgExchange(comm, topology, kernels, bounds[[0, -1]], device,
                                         compressors=compressors)
     if spec.algo.granularity == "model":
         bounds = bounds[[0, -1]]
-    bank = LookbackBank(spec.clients.count, bounds)
+    bank = LookbackBank(spec.clients.count, bounds, BANK_DTYPES[spec.system.bank_dtype], device)
     return LbgmExchange(comm, topology, kernels, bank, spec.algo.threshold, compressors)

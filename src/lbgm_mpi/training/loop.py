@@ -11,7 +11,7 @@ from lbgm_mpi.data.datasets import load_dataset
 from lbgm_mpi.data.partition import label_histograms, partition
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
-from lbgm_mpi.topology import make_topology
+from lbgm_mpi.topology import choose_device, make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
 from lbgm_mpi.analysis.report import human_bytes
@@ -42,24 +42,33 @@ class Trainer:
         torch.set_num_threads(spec.system.threads)
         self.topo = make_topology(comm.rank, comm.size, spec.clients.count,
                                   spec.clients.placement)
+        self.device = choose_device(comm, spec.system)
         data = load_dataset(spec.data)
         labels = data.y_train.numpy()
         self.parts = partition(labels, spec.clients.count, spec.data, spec.run.seed)
         self.num_samples = [len(p) for p in self.parts]
-        self.model = build_model(spec.model, data.in_shape, data.num_classes, spec.run.seed)
+        self.model = build_model(spec.model, data.in_shape, data.num_classes,
+                                 spec.run.seed).to(self.device)
         self.layout = layout_of(self.model)
         self.theta = flatten(self.model)
-        self.shards = {k: (data.x_train[self.parts[k]], data.y_train[self.parts[k]])
+        on_device = lambda x: x.to(self.device)
+        self.shards = {k: (on_device(data.x_train[self.parts[k]]),
+                           on_device(data.y_train[self.parts[k]]))
                        for k in self.topo.local_clients}
-        self.test_set = (data.x_test, data.y_test) if comm.is_root else None
-        self.server = ServerOptimizer(self.layout.size, spec.server.lr, spec.server.momentum)
-        self.exchange = make_exchange(spec, comm, self.topo, self.layout)
+        self.test_set = (on_device(data.x_test), on_device(data.y_test)) \
+            if comm.is_root else None
+        self.server = ServerOptimizer(self.layout.size, spec.server.lr, spec.server.momentum,
+                                      self.device)
+        self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device)
         self.round = 0
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
         self.log = RunLog(self.out_dir, spec, comm.is_root)
         self.log.write_partition(self.parts, label_histograms(labels, self.parts,
                                                               data.num_classes))
         self.progress = Progress(spec.label(), spec.run.rounds, comm.is_root and not quiet)
+        if self.device.type == "cuda":
+            self.progress.note(f"device {self.device} on every rank's own GPU; MPI "
+                               f"{'takes device buffers' if comm.cuda_aware else 'is staged through pinned host buffers'}")
 
     @property
     def num_params(self) -> int:
@@ -83,7 +92,7 @@ class Trainer:
         mpi_bytes = sum(t[0] for t in totals)
         self.stop_agreed = any(t[1] for t in totals)
         if spec.run.check_every and rnd % spec.run.check_every == 0:
-            self.comm.check_same(self.theta.numpy(), f"the global model after round {rnd}")
+            self.comm.check_same(self.theta.cpu().numpy(), f"the global model after round {rnd}")
         acc, loss = self._evaluate(rnd)
         row = {"round": rnd, "test_acc": acc, "test_loss": loss, "train_loss": traffic.train_loss,
                "participants": len(participants), "refreshes": traffic.refreshes,
@@ -114,6 +123,9 @@ class Trainer:
         """Collective: write a checkpoint of this round (root); return its path on the root."""
         from lbgm_mpi.checkpoint.state import save
         saved = save(self, self.checkpoint_dir)
+        # no rank may run ahead (or exit, which makes mpirun end the job) before the file is in
+        # place
+        self.comm.barrier()
         if saved is None:
             return None
         path, size, seconds = saved
