@@ -8,11 +8,11 @@ parsed and checked on every rank before anything starts.
 import argparse
 import sys
 
-from lbgm_mpi.cli import inspect, train
+from lbgm_mpi.cli import analyze, data, inspect, plot, train
 from lbgm_mpi.cli.agree import on_every_rank
 from lbgm_mpi.errors import UserError
 
-COMMAND_MODULES = [train, inspect]
+COMMAND_MODULES = [train, inspect, analyze, plot, data]
 
 
 class _ArgParseError(UserError):

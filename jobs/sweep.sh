@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# LBGM threshold sweep: FedAvg once, then LBGM at each threshold, all on the same data and seed;
+# then the plots (accuracy vs uplink bytes and vs round, and the sweep: accuracy drop vs uplink
+# savings) and the comparison table (also as JSON) in the sweep folder.
+#   bash jobs/sweep.sh [CONFIG] [extra lbgm-mpi train arguments, e.g. --set run.rounds=50]
+# Environment: LBGM_MPI_RANKS (default 4), THRESHOLDS (default "0.01 0.05 0.1 0.2 0.4 0.9", the
+# paper's range), OUT (default runs/sweep-<config name>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source jobs/setup-env.sh
+set -euo pipefail  # setup-env.sh relaxes these for interactive shells
+config="${1:-configs/digits-noniid.toml}"
+shift $(( $# > 0 ? 1 : 0 ))
+ranks="${LBGM_MPI_RANKS:-4}"
+thresholds="${THRESHOLDS:-0.01 0.05 0.1 0.2 0.4 0.9}"
+out="${OUT:-runs/sweep-$(basename "$config" .toml)}"
+
+train() {  # train FOLDER [overrides...]
+  local folder="$1"
+  shift
+  echo "== $folder" >&2
+  mpirun -n "$ranks" --oversubscribe lbgm-mpi train "$config" "$@" --out "$folder" --quiet
+}
+
+runs=("$out/fedavg")
+train "$out/fedavg" --set algo.name=fedavg "${@}"
+for t in $thresholds; do
+  runs+=("$out/lbgm-t$t")
+  train "$out/lbgm-t$t" --set algo.name=lbgm --set "algo.threshold=$t" "${@}"
+done
+lbgm-mpi plot "${runs[@]}" --sweep --out "$out/plot"
+lbgm-mpi report "${runs[@]}" --json "$out/table.json" | tee "$out/table.txt"

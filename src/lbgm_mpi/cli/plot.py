@@ -1,0 +1,92 @@
+"""``lbgm-mpi plot`` (figures) and ``lbgm-mpi report`` (the comparison table) for run folders.
+
+Both read finished run folders (summary.json + metrics.jsonl) and need no config; under mpirun
+only the root rank does the work.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from lbgm_mpi.errors import UserError
+
+
+def register(sub) -> None:
+    plot = sub.add_parser("plot", help="accuracy vs uplink bytes and vs round (PNG) for runs")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders")
+    plot.add_argument("--out", metavar="PREFIX", default=None,
+                      help="write PREFIX_acc_vs_bytes.png, PREFIX_acc_vs_round.png (and "
+                      "PREFIX_sweep.png); default: <folder holding the runs>/plot")
+    plot.add_argument("--sweep", action="store_true",
+                      help="also plot accuracy drop vs uplink savings against the one FedAvg run")
+    report = sub.add_parser("report", help="print the comparison table of runs against FedAvg")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders")
+    report.add_argument("--target", type=_accuracy, default=None, metavar="ACC",
+                        help="target accuracy for 'uplink to target', as a fraction (0.9) or in "
+                        "percent (90); default 0.95 x FedAvg's best accuracy")
+    report.add_argument("--json", metavar="FILE", default=None,
+                        help="also write the table's raw numbers to FILE")
+    plot.set_defaults(handler=cmd_plot)
+    report.set_defaults(handler=cmd_report)
+
+
+def _accuracy(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--target: {text!r} is not a number") from None
+    value = value / 100.0 if value > 1.0 else value
+    if not 0.0 < value <= 1.0:
+        raise UserError(f"--target: {text} is not an accuracy (a fraction in (0, 1] or a percent)")
+    return value
+
+
+def run_folders(paths: list[str]) -> list[Path]:
+    """The given run folders, after checking that each holds a finished run."""
+    folders = [Path(p) for p in paths]
+    for folder in folders:
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"run folder {folder} {what}")
+        for name in ("summary.json", "metrics.jsonl"):
+            if not (folder / name).is_file():
+                raise UserError(f"run folder {folder} has no {name} (not a run folder, or the "
+                                "run did not finish)")
+    return folders
+
+
+def _default_prefix(folders: list[Path]) -> Path:
+    return Path(os.path.commonpath([f.resolve() for f in folders])) / "plot"
+
+
+def cmd_plot(comm, args, spec) -> int:
+    if not comm.is_root:
+        return 0
+    from lbgm_mpi.analysis.plots import plot_runs, plot_sweep
+    folders = run_folders(args.runs)
+    prefix = Path(args.out) if args.out else _default_prefix(folders)
+    try:
+        written = plot_runs(folders, prefix)
+        if args.sweep:
+            written.append(plot_sweep(folders, f"{prefix}_sweep.png"))
+    except ValueError as err:  # e.g. --sweep without, or with several, FedAvg runs
+        raise UserError(str(err)) from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(comm, args, spec) -> int:
+    if not comm.is_root:
+        return 0
+    from lbgm_mpi.analysis.report import compare_table, format_table
+    folders = run_folders(args.runs)
+    try:
+        rows = compare_table(folders, args.target)
+    except ValueError as err:  # several FedAvg runs
+        raise UserError(str(err)) from None
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"run_dir": str(f), **row} for f, row in zip(folders, rows)], indent=1))
+    return 0

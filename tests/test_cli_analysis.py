@@ -1,0 +1,117 @@
+"""The analysis commands end to end: analyze, plot, report, data convert (and training from the
+converted file); bad input ends with one line naming the path or name."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FAST, lbgm, read_summary
+from test_data_formats import _write_mnist
+from test_failures import _assert_clean_failure
+
+from lbgm_mpi.cli.data import as_image_bytes
+from lbgm_mpi.config import Data
+from lbgm_mpi.data.datasets import load_dataset
+from lbgm_mpi.data.hdf5_store import read_dataset_h5
+
+TINY = ["--set", "data.name=synthetic", "--set", "model.name=mlp", "--set", "model.hidden=8",
+        "--set", "clients.lr=0.1"]
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze")
+    result = lbgm(1, "analyze", "configs/default.toml", *TINY, "--epochs", str(EPOCHS),
+                  "--out", str(out), timeout=120)
+    return out, result
+
+
+def test_analyze_counts_components(analysis):
+    out, result = analysis
+    report = json.loads((out / "subspace.json").read_text())
+    sub = report["subspace"]
+    assert report["epochs"] == EPOCHS and sub["epochs"] == list(range(2, EPOCHS + 1))
+    for counts in [sub["model"], *sub["layers"].values()]:
+        for i, n95, n99 in zip(sub["epochs"], counts["n95"], counts["n99"]):
+            assert n95 <= n99 <= i <= EPOCHS
+    assert sub["model"]["n95"][-1] >= 1
+    assert len(report["training"]) == EPOCHS
+    lookback = report["lookback"]
+    assert lookback["epochs"] == sub["epochs"]
+    assert all(-1.0 <= c <= 1.0 for c in lookback["cos_prev"])
+    assert all(0.0 <= s <= 1.0 + 1e-9 for s in lookback["in_top_n99"])
+    assert (out / "subspace.png").stat().st_size > 0 and (out / "config.toml").is_file()
+    assert result.stderr.count("[analyze] epoch") == EPOCHS
+
+
+@pytest.mark.mpi
+def test_analyze_refuses_several_ranks(tmp_path):
+    result = lbgm(2, "analyze", "configs/default.toml", *TINY, "--epochs", "2",
+                  "--out", str(tmp_path / "a"), timeout=60, check=False)
+    _assert_clean_failure(result, "one process")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    lbgm(1, "compare", "configs/default.toml", *FAST, "--out", str(out), "--quiet", timeout=120)
+    return out / "fedavg", out / "lbgm"
+
+
+def test_plot_writes_pngs(runs, tmp_path):
+    prefix = tmp_path / "fig"
+    result = lbgm(1, "plot", *map(str, runs), "--out", str(prefix), "--sweep", timeout=60)
+    for suffix in ("acc_vs_bytes", "acc_vs_round", "sweep"):
+        png = tmp_path / f"fig_{suffix}.png"
+        assert png.stat().st_size > 0 and str(png) in result.stdout
+
+
+def test_report_prints_table_and_json(runs, tmp_path):
+    table = tmp_path / "table.json"
+    result = lbgm(1, "report", *map(str, runs), "--target", "50", "--json", str(table),
+                  timeout=60)
+    assert "fedavg" in result.stdout and "lbgm" in result.stdout
+    assert "50.00%" in result.stdout  # --target 50 reads as percent
+    rows = json.loads(table.read_text())
+    assert [r["label"] for r in rows] == ["fedavg", "lbgm"]
+    assert rows[1]["uplink_bytes"] == read_summary(runs[1])["total_uplink_bytes"]
+
+
+def test_missing_run_folder_is_one_line(runs, tmp_path):
+    missing = tmp_path / "no-such-run"
+    result = lbgm(1, "report", str(runs[0]), str(missing), timeout=60, check=False)
+    _assert_clean_failure(result, str(missing))
+
+
+def test_convert_mnist_then_train_from_hdf5(tmp_path):
+    want = _write_mnist(tmp_path, np.random.default_rng(0), compress=True)
+    h5 = tmp_path / "mnist.h5"
+    lbgm(1, "data", "convert", "mnist", "--root", str(tmp_path), "--out", str(h5), timeout=60)
+    got = read_dataset_h5(h5)
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(got[key], want[key])
+    run = tmp_path / "run"
+    lbgm(1, "train", "configs/default.toml", "--set", "data.name=hdf5", "--set",
+         f"data.root={h5}", "--set", "model.name=fcn", "--set", "run.rounds=2",
+         "--out", str(run), "--quiet", timeout=60)
+    assert read_summary(run)["rounds"] == 2
+
+
+def test_unknown_data_set_is_one_line(tmp_path):
+    result = lbgm(1, "data", "convert", "imagenet", "--root", str(tmp_path),
+                  "--out", str(tmp_path / "x.h5"), timeout=60, check=False)
+    _assert_clean_failure(result, "'imagenet'")
+
+
+def test_embedded_sets_convert_to_bytes_the_reader_maps_back():
+    digits = load_dataset(Data(name="digits"))
+    x_train, x_test = as_image_bytes(digits.x_train.numpy(), digits.x_test.numpy())
+    assert x_train.dtype == np.uint8 and x_train.shape == digits.x_train.shape
+    back = x_train.astype(np.float32) / 255.0 - 0.5  # what data/datasets.py does with uint8
+    np.testing.assert_allclose(back, digits.x_train.numpy(), atol=1 / 510 + 1e-6)
+    signals = np.random.default_rng(1).normal(size=(5, 1, 40)).astype(np.float32)
+    as_bytes, _ = as_image_bytes(signals, signals)
+    assert as_bytes.shape == (5, 1, 1, 40) and as_bytes.min() == 0 and as_bytes.max() == 255
