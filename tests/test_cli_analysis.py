@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import FAST, lbgm, read_summary
 from test_data_formats import _write_mnist
 from test_failures import _assert_clean_failure
 
-from lbgm_mpi.cli.data import as_image_bytes
 from lbgm_mpi.config import Data
 from lbgm_mpi.data.datasets import load_dataset
 from lbgm_mpi.data.hdf5_store import read_dataset_h5
@@ -106,12 +106,12 @@ def test_unknown_data_set_is_one_line(tmp_path):
     _assert_clean_failure(result, "'imagenet'")
 
 
-def test_embedded_sets_convert_to_bytes_the_reader_maps_back():
-    digits = load_dataset(Data(name="digits"))
-    x_train, x_test = as_image_bytes(digits.x_train.numpy(), digits.x_test.numpy())
-    assert x_train.dtype == np.uint8 and x_train.shape == digits.x_train.shape
-    back = x_train.astype(np.float32) / 255.0 - 0.5  # what data/datasets.py does with uint8
-    np.testing.assert_allclose(back, digits.x_train.numpy(), atol=1 / 510 + 1e-6)
-    signals = np.random.default_rng(1).normal(size=(5, 1, 40)).astype(np.float32)
-    as_bytes, _ = as_image_bytes(signals, signals)
-    assert as_bytes.shape == (5, 1, 1, 40) and as_bytes.min() == 0 and as_bytes.max() == 255
+@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+def test_embedded_sets_round_trip_exactly(tmp_path, name):
+    """Converted embedded sets train from HDF5 on exactly the values of the embedded copy."""
+    h5 = tmp_path / f"{name}.h5"
+    lbgm(1, "data", "convert", name, "--out", str(h5), timeout=120)
+    direct = load_dataset(Data(name=name))
+    from_file = load_dataset(Data(name="hdf5", root=str(h5)))
+    assert torch.equal(direct.x_train, from_file.x_train)
+    assert torch.equal(direct.y_test, from_file.y_test)

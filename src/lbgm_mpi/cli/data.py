@@ -7,13 +7,11 @@ root rank does the work.
 
 from pathlib import Path
 
-import numpy as np
 
 from lbgm_mpi.errors import UserError
 
 FILE_SETS = ("mnist", "fmnist", "cifar10", "cifar100", "celeba")  # read from --root
 EMBEDDED_SETS = ("digits", "mnist1d", "synthetic")  # built in memory, --root unused
-QUANT_LEVELS = 255  # the HDF5 store keeps images as uint8
 
 
 def register(sub) -> None:
@@ -29,30 +27,12 @@ def register(sub) -> None:
     convert.set_defaults(handler=cmd_convert)
 
 
-def as_image_bytes(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float inputs as uint8 [N, C, H, W] for the HDF5 store (the arguments are not changed).
-
-    Values are mapped affinely from the data's [min, max] (over both splits) onto 0..255, which
-    the reader maps back to [-0.5, 0.5]: digits (already in [-0.5, 0.5]) come back within 1/510 of
-    the embedded values; MNIST-1D and synthetic come back rescaled to [-0.5, 0.5] and quantised to
-    256 levels. Signals [N, C, L] become one-row images [N, C, 1, L] and vectors [N, F] become
-    [N, 1, 1, F], so model.name = "cnn" sees 2-D inputs.
-    """
-    lo = float(min(x_train.min(), x_test.min()))
-    span = float(max(x_train.max(), x_test.max())) - lo or 1.0
-
-    def convert(x: np.ndarray) -> np.ndarray:
-        image = x.reshape(*x.shape[:-1], *((1,) * (4 - x.ndim)), x.shape[-1])
-        return np.rint((image - lo) / span * QUANT_LEVELS).astype(np.uint8)
-
-    return convert(x_train), convert(x_test)
-
-
 def _embedded(name: str) -> dict:
     from lbgm_mpi.config import Data
     from lbgm_mpi.data.datasets import load_dataset
     ds = load_dataset(Data(name=name))
-    x_train, x_test = as_image_bytes(ds.x_train.numpy(), ds.x_test.numpy())
+    # stored exactly as the trainer sees them (float32), so training from the file is the same
+    x_train, x_test = ds.x_train.numpy(), ds.x_test.numpy()
     return {"x_train": x_train, "y_train": ds.y_train.numpy(), "x_test": x_test,
             "y_test": ds.y_test.numpy(), "num_classes": ds.num_classes, "name": name}
 

@@ -1,7 +1,9 @@
 """One HDF5 file per data set, so every rank reads only the training rows its clients own.
 
-Layout: datasets ``x_train`` / ``x_test`` (uint8 [N, C, H, W], chunked by rows, gzip) and
-``y_train`` / ``y_test`` (int64 [N]); attributes ``num_classes``, ``name``, ``format_version``.
+Layout: datasets ``x_train`` / ``x_test`` ([N, ...], chunked by rows, gzip): uint8 images as the
+standard files hold them (scaled to [-0.5, 0.5] when read for training), or float32 inputs stored
+exactly (the embedded sets); ``y_train`` / ``y_test`` (int64 [N]); attributes ``num_classes``,
+``name``, ``format_version``.
 """
 
 import os
@@ -19,14 +21,15 @@ CHUNK_ROWS = 256  # rows per chunk: small enough that a partial read skips most 
 
 
 def _check_arrays(data: dict, source) -> None:
-    """Raise DataFormatError unless ``data`` holds uint8 [N,C,H,W] images with int64 labels."""
+    """Raise DataFormatError unless ``data`` holds uint8 or float32 [N, ...] inputs with int64
+    labels."""
     missing = [k for k in (*ARRAY_KEYS, "num_classes", "name") if k not in data]
     if missing:
         raise DataFormatError(f"{source}: missing {', '.join(missing)}")
     for split in ("train", "test"):
         x, y = data[f"x_{split}"], data[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4:
-            raise DataFormatError(f"{source}: x_{split} must be uint8 [N,C,H,W], "
+        if x.dtype not in (np.uint8, np.float32) or x.ndim < 2:
+            raise DataFormatError(f"{source}: x_{split} must be uint8 or float32 [N, ...], "
                                   f"got {x.dtype} {x.shape}")
         if y.dtype != np.int64 or y.shape != x.shape[:1]:
             raise DataFormatError(f"{source}: y_{split} must be int64 [{len(x)}], "
