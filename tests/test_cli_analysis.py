@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, lbgm, read_summary
+from conftest import FAST, lbgm, read_metrics, read_summary
 from test_data_formats import _write_mnist
 from test_failures import _assert_clean_failure
 
@@ -115,3 +115,18 @@ def test_embedded_sets_round_trip_exactly(tmp_path, name):
     from_file = load_dataset(Data(name="hdf5", root=str(h5)))
     assert torch.equal(direct.x_train, from_file.x_train)
     assert torch.equal(direct.y_test, from_file.y_test)
+
+
+@pytest.mark.mpi
+def test_training_from_hdf5_reads_per_rank_and_matches_the_embedded_set(tmp_path):
+    """At 2 ranks each rank reads only its clients' rows from the file; the run is the same as
+    on the embedded copy."""
+    h5 = tmp_path / "digits.h5"
+    lbgm(1, "data", "convert", "digits", "--out", str(h5), timeout=120)
+    common = ["configs/default.toml", "--set", "run.rounds=4", "--quiet"]
+    lbgm(2, "train", *common, "--out", str(tmp_path / "embedded"))
+    lbgm(2, "train", *common, "--set", "data.name=hdf5", "--set", f"data.root={h5}",
+         "--out", str(tmp_path / "file"))
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("round_s", "comm_s")}
+                         for r in rows]
+    assert drop(read_metrics(tmp_path / "file")) == drop(read_metrics(tmp_path / "embedded"))

@@ -6,6 +6,7 @@ length 40), ``synthetic`` (a seeded Gaussian mixture, for fast tests). The paper
 read from their standard files under ``data.root`` (see lbgm_mpi.data.formats).
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,18 +77,55 @@ def _from_files(cfg) -> Dataset:
     else:
         from lbgm_mpi.data.formats import LOADERS
         raw = LOADERS[cfg.name](cfg.root)
+    return _from_raw(cfg.name, raw)
+
+
+def _from_raw(name: str, raw: dict) -> Dataset:
+    """A Dataset from a loader's dict; uint8 images are scaled to [-0.5, 0.5]."""
     scale = lambda a: a.astype(np.float32) / 255.0 - 0.5 if a.dtype == np.uint8 else a
-    return _make(cfg.name, scale(raw["x_train"]), raw["y_train"], scale(raw["x_test"]),
+    return _make(name, scale(raw["x_train"]), raw["y_train"], scale(raw["x_test"]),
                  raw["y_test"], int(raw["num_classes"]))
 
 
 _EMBEDDED = {"digits": _digits, "mnist1d": _mnist1d, "synthetic": _synthetic}
 
 
-def load_dataset(cfg) -> Dataset:
-    """Build the data set named by the [data] config section."""
+@functools.lru_cache(maxsize=2)
+def _build(cfg) -> Dataset:
     builder = _EMBEDDED.get(cfg.name, _from_files)
     try:
         return builder(cfg)
     except (OSError, ValueError) as err:
         raise UserError(f"data.name = {cfg.name!r}: {err}") from err
+
+
+def load_train_labels(cfg) -> np.ndarray:
+    """The training labels of the [data] section's data set (all of them; int64)."""
+    if cfg.name == "hdf5":
+        from lbgm_mpi.data.hdf5_store import read_train_labels_h5
+        try:
+            return read_train_labels_h5(cfg.root)
+        except (OSError, ValueError) as err:
+            raise UserError(f"data.name = 'hdf5': {err}") from err
+    return _build(cfg).y_train.numpy()
+
+
+def load_dataset(cfg, train_rows: np.ndarray | None = None) -> Dataset:
+    """Build the data set named by the [data] config section.
+
+    With ``train_rows`` (increasing indices), x_train / y_train hold only those rows, in that
+    order; an HDF5 file is then read for those rows alone, so a rank loads just its clients'
+    data."""
+    if cfg.name == "hdf5" and train_rows is not None:
+        from lbgm_mpi.data.hdf5_store import read_dataset_h5
+        try:
+            raw = read_dataset_h5(cfg.root, train_rows=train_rows)
+        except (OSError, ValueError) as err:
+            raise UserError(f"data.name = 'hdf5': {err}") from err
+        return _from_raw("hdf5", raw)
+    data = _build(cfg)
+    if train_rows is None:
+        return data
+    rows = torch.from_numpy(np.asarray(train_rows, dtype=np.int64))
+    return Dataset(data.name, data.x_train[rows], data.y_train[rows], data.x_test, data.y_test,
+                   data.num_classes)

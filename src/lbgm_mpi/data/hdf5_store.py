@@ -122,6 +122,12 @@ def read_dataset_h5(path, train_rows=None) -> dict:
     return data
 
 
+def read_train_labels_h5(path) -> np.ndarray:
+    """Only the training labels (int64 [N]): enough to compute the client partition."""
+    with _open(path) as f:
+        return np.asarray(f["y_train"][()], dtype=np.int64)
+
+
 def dataset_h5_info(path) -> dict:
     """Return ``{"name", "num_classes", "shapes": {key: shape}}`` without reading the arrays."""
     with _open(path) as f:

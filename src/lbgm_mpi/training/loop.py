@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
-from lbgm_mpi.data.datasets import load_dataset
+from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
@@ -43,17 +43,19 @@ class Trainer:
         self.topo = make_topology(comm.rank, comm.size, spec.clients.count,
                                   spec.clients.placement)
         self.device = choose_device(comm, spec.system)
-        data = load_dataset(spec.data)
-        labels = data.y_train.numpy()
+        labels = load_train_labels(spec.data)
         self.parts = partition(labels, spec.clients.count, spec.data, spec.run.seed)
         self.num_samples = [len(p) for p in self.parts]
+        # only the rows of the clients hosted here are loaded (read from disk, for HDF5 files)
+        rows = np.unique(np.concatenate([self.parts[k] for k in self.topo.local_clients]))
+        data = load_dataset(spec.data, train_rows=rows)
+        at = lambda k: torch.from_numpy(np.searchsorted(rows, self.parts[k]))
         self.model = build_model(spec.model, data.in_shape, data.num_classes,
                                  spec.run.seed).to(self.device)
         self.layout = layout_of(self.model)
         self.theta = flatten(self.model)
         on_device = lambda x: x.to(self.device)
-        self.shards = {k: (on_device(data.x_train[self.parts[k]]),
-                           on_device(data.y_train[self.parts[k]]))
+        self.shards = {k: (on_device(data.x_train[at(k)]), on_device(data.y_train[at(k)]))
                        for k in self.topo.local_clients}
         self.test_set = (on_device(data.x_test), on_device(data.y_test)) \
             if comm.is_root else None
