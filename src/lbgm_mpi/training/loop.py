@@ -46,19 +46,11 @@ class Trainer:
         labels = load_train_labels(spec.data)
         self.parts = partition(labels, spec.clients.count, spec.data, spec.run.seed)
         self.num_samples = [len(p) for p in self.parts]
-        # only the rows of the clients hosted here are loaded (read from disk, for HDF5 files)
-        rows = np.unique(np.concatenate([self.parts[k] for k in self.topo.local_clients]))
-        data = load_dataset(spec.data, train_rows=rows)
-        at = lambda k: torch.from_numpy(np.searchsorted(rows, self.parts[k]))
+        data = self._load_shards()
         self.model = build_model(spec.model, data.in_shape, data.num_classes,
                                  spec.run.seed).to(self.device)
         self.layout = layout_of(self.model)
         self.theta = flatten(self.model)
-        on_device = lambda x: x.to(self.device)
-        self.shards = {k: (on_device(data.x_train[at(k)]), on_device(data.y_train[at(k)]))
-                       for k in self.topo.local_clients}
-        self.test_set = (on_device(data.x_test), on_device(data.y_test)) \
-            if comm.is_root else None
         self.server = ServerOptimizer(self.layout.size, spec.server.lr, spec.server.momentum,
                                       self.device)
         self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device)
@@ -69,8 +61,22 @@ class Trainer:
                                                               data.num_classes))
         self.progress = Progress(spec.label(), spec.run.rounds, comm.is_root and not quiet)
         if self.device.type == "cuda":
-            self.progress.note(f"device {self.device} on every rank's own GPU; MPI "
-                               f"{'takes device buffers' if comm.cuda_aware else 'is staged through pinned host buffers'}")
+            how = "directly" if comm.cuda_aware else "through pinned host buffers"
+            self.progress.note(f"device {self.device} per rank; device buffers reach MPI {how}")
+
+    def _load_shards(self):
+        """Put this rank's clients' samples (and, on the root, the test set) on the device.
+
+        Only the training rows of the clients hosted here are loaded (for an HDF5 file, read from
+        disk). Returns the data set, whose training split holds just those rows."""
+        rows = np.unique(np.concatenate([self.parts[k] for k in self.topo.local_clients]))
+        data = load_dataset(self.spec.data, train_rows=rows)
+        at = lambda k: torch.from_numpy(np.searchsorted(rows, self.parts[k]))
+        put = lambda x: x.to(self.device)
+        self.shards = {k: (put(data.x_train[at(k)]), put(data.y_train[at(k)]))
+                       for k in self.topo.local_clients}
+        self.test_set = (put(data.x_test), put(data.y_test)) if self.comm.is_root else None
+        return data
 
     @property
     def num_params(self) -> int:
