@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source jobs/setup-env.sh
 ranks="${LBGM_MPI_RANKS:-4}"
+rm -rf runs/default  # the quickstart's own folder: a new run never writes over an old one
 mpirun -n "$ranks" --oversubscribe lbgm-mpi compare configs/default.toml \
   --methods fedavg,lbgm --out runs/default "$@"

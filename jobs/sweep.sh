@@ -4,7 +4,7 @@
 # savings) and the comparison table (also as JSON) in the sweep folder.
 #   bash jobs/sweep.sh [CONFIG] [extra lbgm-mpi train arguments, e.g. --set run.rounds=50]
 # Environment: LBGM_MPI_RANKS (default 4), THRESHOLDS (default "0.01 0.05 0.1 0.2 0.4 0.9", the
-# paper's range), OUT (default runs/sweep-<config name>).
+# paper's range), OUT (default runs/sweep-<config name>-<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source jobs/setup-env.sh
@@ -13,7 +13,7 @@ config="${1:-configs/digits-noniid.toml}"
 shift $(( $# > 0 ? 1 : 0 ))
 ranks="${LBGM_MPI_RANKS:-4}"
 thresholds="${THRESHOLDS:-0.01 0.05 0.1 0.2 0.4 0.9}"
-out="${OUT:-runs/sweep-$(basename "$config" .toml)}"
+out="${OUT:-runs/sweep-$(basename "$config" .toml)-$(date +%Y%m%d-%H%M%S)}"
 
 train() {  # train FOLDER [overrides...]
   local folder="$1"

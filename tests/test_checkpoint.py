@@ -169,3 +169,18 @@ def test_resume_keeps_compressor_and_error_feedback_state(tmp_path):
     lbgm(4, "train", *stacked, "--out", str(tmp_path / "cut"), "--resume", "latest")
     assert _without_timing(read_metrics(tmp_path / "cut")) == \
         _without_timing(read_metrics(tmp_path / "whole"))
+
+
+@pytest.mark.mpi
+def test_a_refused_resume_or_a_reused_folder_changes_nothing(tmp_path):
+    """Neither a resume refused for its config nor a fresh run aimed at a used folder may
+    touch the earlier run's files."""
+    lbgm(1, "train", *RUN, "--set", "run.rounds=3", "--out", str(tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    refused = lbgm(2, "train", *RUN, "--set", "model.hidden=8", "--out", str(tmp_path),
+                   "--resume", "latest", check=False, timeout=60)
+    assert refused.returncode != 0 and "incompatible config" in refused.stderr
+    reused = lbgm(2, "train", *RUN, "--out", str(tmp_path), check=False, timeout=60)
+    assert reused.returncode != 0 and "already holds a run" in reused.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["round-000003.h5"]

@@ -90,3 +90,14 @@ def test_bank_write_marks_zero_rows_invalid_and_caches_norms():
     assert bank.valid[1].tolist() == [True, False]
     assert bank.rows[1].tolist() == [3.0, 4.0, 0.0, 0.0, 0.0]
     assert not bank.valid[0].any() and not bank.valid[2].any()
+
+
+def test_server_momentum_leaves_buffers_as_plain_averages():
+    from lbgm_mpi.algorithm.server import ServerOptimizer
+    theta = torch.tensor([1.0, 1.0, 4.0])          # two parameters, then one buffer
+    server = ServerOptimizer(3, lr=0.5, momentum=0.9, param_size=2)
+    delta = torch.tensor([1.0, -1.0, 3.0])          # buffer: 4 - 3 = the clients' mean 1.0
+    server.step(theta, delta)
+    server.step(theta, torch.tensor([1.0, -1.0, 0.0]))
+    assert theta[2].item() == 1.0                    # no momentum, no learning rate
+    assert theta[:2].tolist() == pytest.approx([1 - 0.5 - 0.5 * 1.9, 1 + 0.5 + 0.5 * 1.9])

@@ -42,3 +42,8 @@ def test_too_many_classes_per_client_is_a_config_error():
 def test_empty_client_is_a_config_error():
     with pytest.raises(ConfigError, match="receive no sample"):
         partition(LABELS[:5], 10, Data(partition="iid"), seed=0)
+
+
+def test_shards_that_cannot_cover_every_class_are_refused():
+    with pytest.raises(ConfigError, match="cannot cover"):
+        partition(LABELS, 2, Data(partition="shards", classes_per_client=3), seed=0)

@@ -23,9 +23,14 @@ def register(sub) -> None:
                             "(a fresh start if there is none)")
     compare.add_argument("--methods", default="fedavg,lbgm",
                          help=f"comma-separated, from: {', '.join(METHODS)}")
-    train.set_defaults(handler=cmd_train, needs_config=True, check=lambda args, spec: None)
+    train.set_defaults(handler=cmd_train, needs_config=True, check=_check_train)
     compare.set_defaults(handler=cmd_compare, needs_config=True,
                          check=lambda args, spec: _methods(args.methods))
+
+
+def _check_train(args, spec) -> None:
+    if args.resume is not None and args.out is None:
+        raise UserError("--resume needs --out: the run folder to continue")
 
 
 def _methods(text: str) -> list[str]:
@@ -33,6 +38,8 @@ def _methods(text: str) -> list[str]:
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
         raise UserError(f"--methods: unknown {unknown} (choose from {', '.join(METHODS)})")
+    if len(set(names)) != len(names):
+        raise UserError(f"--methods: {text!r} names a method twice")
     return names
 
 
@@ -57,10 +64,14 @@ def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
 
 
 def _resume(trainer, resume) -> None:
+    """Resume from the checkpoint named by --resume, as the root resolves it (so every rank
+    loads the same file); without --resume, insist on a folder no other run has used."""
     from lbgm_mpi.checkpoint.state import resolve
     if resume is None:
+        trainer.check_fresh_folder()
         return
-    path = resolve(resume, trainer.checkpoint_dir)
+    root_path = resolve(resume, trainer.checkpoint_dir) if trainer.comm.is_root else None
+    path = trainer.comm.control_bcast(root_path)
     if path is None:
         trainer.progress.note(f"no checkpoint in {trainer.checkpoint_dir} yet: starting fresh")
         return

@@ -92,7 +92,7 @@ class PowerSGDCompressor(_FactorCompressor):
 
     P = orthonormalise(M Q), Q = M^T P; the payload carries P and Q, and Q is kept in
     state["psgd_q{l}"] to start the next round. A client's first Q is drawn from a generator keyed
-    by (seed, l), so every client starts from the same Q.
+    by (seed, l); the trainer gives each client its own seed, derived from (run.seed, client id).
     """
 
     name = "powersgd"

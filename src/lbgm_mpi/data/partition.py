@@ -33,6 +33,11 @@ def shards(labels: np.ndarray, num_clients: int, classes_per_client: int,
     if classes_per_client > len(classes):
         raise ConfigError(f"data.classes_per_client: {classes_per_client} is more than the "
                           f"{len(classes)} classes of the data set")
+    if num_clients * classes_per_client < len(classes):
+        raise ConfigError(f"data.classes_per_client: {num_clients} clients x "
+                          f"{classes_per_client} classes cannot cover the {len(classes)} classes "
+                          "(some would never be trained on); raise clients.count or "
+                          "data.classes_per_client")
     rng = _rng(seed, 2)
     order = rng.permutation(classes)
     owned = [[order[(k * classes_per_client + j) % len(classes)]

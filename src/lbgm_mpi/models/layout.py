@@ -19,6 +19,7 @@ class Layout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     bounds: tuple[int, ...]  # L+1 offsets: tensor l is flat[bounds[l]:bounds[l+1]]
+    num_parameters: int = 0  # tensors 0..num_parameters-1 are parameters, the rest buffers
 
     @property
     def size(self) -> int:
@@ -27,6 +28,20 @@ class Layout:
 
     def bounds_tensor(self) -> torch.Tensor:
         return torch.tensor(self.bounds, dtype=torch.int64)
+
+    @property
+    def param_size(self) -> int:
+        """Number of values that are parameters (the buffers follow them)."""
+        return self.bounds[self.num_parameters]
+
+    def is_buffer(self) -> list[bool]:
+        """Per tensor: True for a buffer (BatchNorm statistics), False for a parameter."""
+        return [l >= self.num_parameters for l in range(len(self.names))]
+
+    def slices_named(self, suffix: str) -> list[slice]:
+        """The flat slices of the tensors whose name ends with ``suffix``."""
+        return [slice(self.bounds[l], self.bounds[l + 1])
+                for l, name in enumerate(self.names) if name.endswith(suffix)]
 
 
 def _state_tensors(model: torch.nn.Module):
@@ -43,7 +58,8 @@ def layout_of(model: torch.nn.Module) -> Layout:
         names.append(name)
         shapes.append(tuple(t.shape))
         bounds.append(bounds[-1] + t.numel())
-    return Layout(tuple(names), tuple(shapes), tuple(bounds))
+    num_parameters = sum(1 for _ in model.parameters())
+    return Layout(tuple(names), tuple(shapes), tuple(bounds), num_parameters)
 
 
 def flatten(model: torch.nn.Module) -> torch.Tensor:

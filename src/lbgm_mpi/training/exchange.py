@@ -208,10 +208,13 @@ class LbgmExchange(GatherExchange):
     """Look-back gradient multiplier, alone or stacked on a compressor, with a replicated bank."""
 
     def __init__(self, comm, topology, kernels, bank: LookbackBank, threshold: float,
-                 compressors: ClientCompressors | None = None):
+                 compressors: ClientCompressors | None = None, scalar_ok: torch.Tensor = None):
         super().__init__(comm, topology, kernels, bank.bounds, bank.rows.device, bank,
                          compressors)
         self.threshold = threshold
+        # segments that may travel as a scalar (buffer segments always refresh, exactly)
+        self.scalar_ok = torch.ones(len(self.sizes), dtype=torch.bool) if scalar_ok is None \
+            else scalar_ok
 
     def _encode(self, k, g, record, rnd) -> torch.Tensor:
         if self.compressors is None:
@@ -232,7 +235,8 @@ class LbgmExchange(GatherExchange):
         flags and coefficients; return the refresh flags (bool)."""
         dots, gnorm2 = self.kernels.project(g, self.bank.row(k), self.bounds)
         try:
-            dec = decide(dots, gnorm2, self.bank.norm2[k], self.bank.valid[k], self.threshold)
+            dec = decide(dots, gnorm2, self.bank.norm2[k], self.bank.valid[k] & self.scalar_ok,
+                         self.threshold)
         except FloatingPointError:
             raise UserError(f"client {k} produced a non-finite update in round {rnd} "
                             "(training diverged: lower clients.lr or server.lr)") from None
@@ -286,7 +290,11 @@ def make_exchange(spec, comm, topology, layout, device="cpu") -> Exchange:
     if spec.algo.name == "fedavg":
         return CompressedFedAvgExchange(comm, topology, kernels, bounds[[0, -1]], device,
                                         compressors=compressors)
+    scalar_ok = None
     if spec.algo.granularity == "model":
         bounds = bounds[[0, -1]]
+    else:  # BatchNorm statistics are small: always sent in full, they average exactly
+        scalar_ok = ~torch.tensor(layout.is_buffer(), dtype=torch.bool)
     bank = LookbackBank(spec.clients.count, bounds, BANK_DTYPES[spec.system.bank_dtype], device)
-    return LbgmExchange(comm, topology, kernels, bank, spec.algo.threshold, compressors)
+    return LbgmExchange(comm, topology, kernels, bank, spec.algo.threshold, compressors,
+                        scalar_ok)

@@ -10,6 +10,7 @@ from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
 from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
 from lbgm_mpi.models import build_model
+from lbgm_mpi.errors import UserError
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
@@ -52,13 +53,13 @@ class Trainer:
         self.layout = layout_of(self.model)
         self.theta = flatten(self.model)
         self.server = ServerOptimizer(self.layout.size, spec.server.lr, spec.server.momentum,
-                                      self.device)
+                                      self.device, self.layout.param_size)
+        self.variances = self.layout.slices_named("running_var")
         self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device)
         self.round = 0
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
         self.log = RunLog(self.out_dir, spec, comm.is_root)
-        self.log.write_partition(self.parts, label_histograms(labels, self.parts,
-                                                              data.num_classes))
+        self.histograms = label_histograms(labels, self.parts, data.num_classes)
         self.progress = Progress(spec.label(), spec.run.rounds, comm.is_root and not quiet)
         if self.device.type == "cuda":
             how = "directly" if comm.cuda_aware else "through pinned host buffers"
@@ -94,6 +95,8 @@ class Trainer:
         sent0, comm0 = self.comm.bytes_sent, self.comm.seconds
         delta, traffic = self.exchange(participants, weights, updates, rnd)
         self.server.step(self.theta, delta)
+        for var in self.variances:  # a scalar-reconstructed variance can dip below 0
+            self.theta[var].clamp_(min=0.0)
         comm_s = self.comm.seconds - comm0
         totals = self.comm.control_gather_ints([self.comm.bytes_sent - sent0,
                                                  int(self.stop.requested)])
@@ -114,8 +117,12 @@ class Trainer:
 
     def _train_client(self, k: int, rnd: int):
         x, y = self.shards[k]
-        return local_update(self.model, self.theta, x, y, self.spec.clients,
-                            stream_seed(self.spec.run.seed, k, rnd))
+        update, loss = local_update(self.model, self.theta, x, y, self.spec.clients,
+                                    stream_seed(self.spec.run.seed, k, rnd))
+        if not torch.isfinite(update).all():
+            raise UserError(f"client {k} produced a non-finite update in round {rnd} "
+                            "(training diverged: lower clients.lr or server.lr)")
+        return update, loss
 
     def _evaluate(self, rnd: int):
         due = rnd % self.spec.run.eval_every == 0 or rnd == self.spec.run.rounds
@@ -141,16 +148,27 @@ class Trainer:
         return path
 
     def resume(self, path: Path) -> None:
-        """Continue from the checkpoint at ``path`` (every rank reads it)."""
+        """Continue from the checkpoint at ``path`` (every rank reads it; they must agree)."""
         from lbgm_mpi.checkpoint.state import restore
         restore(self, path)
+        self.comm.check_same(np.concatenate([[float(self.round)], self.theta.cpu().numpy()]),
+                             f"the state resumed from {path}")
         self.progress.resume(self.log.rows)
         self.progress.note(f"resumed from {path} at round {self.round}")
+
+    def check_fresh_folder(self) -> None:
+        """Refuse to start a new run over the results of another one in the same folder."""
+        from lbgm_mpi.checkpoint.store import list_checkpoints
+        metrics = self.out_dir / "metrics.jsonl"
+        if list_checkpoints(self.checkpoint_dir) or (metrics.exists() and metrics.stat().st_size):
+            raise UserError(f"{self.out_dir} already holds a run (metrics or checkpoints): pass "
+                            "--resume latest to continue it, or choose another --out")
 
     def run(self) -> dict:
         """Train until run.rounds, checkpointing as configured; write summary.json (root).
 
         Raises Preempted on every rank, after a checkpoint, when a stop signal arrived."""
+        self.log.open(self.parts, self.histograms)
         every = self.spec.run.checkpoint_every
         while self.round < self.spec.run.rounds:
             self.step()

@@ -1,6 +1,7 @@
 """The run folder (written by the root rank only) and the live progress line."""
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -12,40 +13,38 @@ from lbgm_mpi.config import to_toml
 class RunLog:
     """Writes config.toml, partition.json, metrics.jsonl and summary.json into ``out_dir``.
 
-    On non-root ranks every method is a no-op, so callers need no rank checks."""
+    Nothing touches the folder before ``open`` (so a refused resume leaves it as it was). On
+    non-root ranks every method is a no-op, so callers need no rank checks."""
 
     def __init__(self, out_dir: Path, spec, active: bool):
         self.out_dir = Path(out_dir)
         self.spec = spec
         self.active = active
         self.rows: list[dict] = []
-        if active:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.toml").write_text(to_toml(spec))
-            (self.out_dir / "metrics.jsonl").write_text("")
 
-    def write_partition(self, parts, histograms) -> None:
-        """Save each client's sample count and label histogram."""
-        if self.active:
-            clients = [{"client": k, "samples": len(p), "label_histogram": h}
-                       for k, (p, h) in enumerate(zip(parts, histograms))]
-            (self.out_dir / "partition.json").write_text(json.dumps(
-                {"partition": self.spec.data.partition, "clients": clients}, indent=1))
+    def open(self, parts, histograms) -> None:
+        """Write config.toml and partition.json, and metrics.jsonl holding exactly the rounds so
+        far (none, or those of the checkpoint resumed from: later lines are dropped)."""
+        if not self.active:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.toml").write_text(to_toml(self.spec))
+        clients = [{"client": k, "samples": len(p), "label_histogram": h}
+                   for k, (p, h) in enumerate(zip(parts, histograms))]
+        (self.out_dir / "partition.json").write_text(json.dumps(
+            {"partition": self.spec.data.partition, "clients": clients}, indent=1))
+        (self.out_dir / "metrics.jsonl").write_text("".join(_line(r) for r in self.rows))
 
     def restore(self, rows: list[dict]) -> None:
-        """Continue after ``rows`` (from a checkpoint): metrics.jsonl is rewritten to hold exactly
-        them, dropping any round logged after the checkpoint was taken."""
+        """Continue after ``rows`` (from a checkpoint)."""
         self.rows = list(rows)
-        if self.active:
-            text = "".join(json.dumps(row) + "\n" for row in rows)
-            (self.out_dir / "metrics.jsonl").write_text(text)
 
     def append(self, row: dict) -> None:
         """Add one round's metrics line."""
         self.rows.append(row)
         if self.active:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(_line(row))
 
     def write_summary(self, num_params: int, extra: dict) -> dict:
         """Write summary.json from the rounds logged so far (plus ``extra``) and return it."""
@@ -66,6 +65,13 @@ class RunLog:
         if self.active:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+
+def _line(row: dict) -> str:
+    """One strict-JSON line: a non-finite number (a diverged loss) is written as null."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+             for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class Progress:
