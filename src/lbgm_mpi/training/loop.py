@@ -58,8 +58,8 @@ class Trainer:
         self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device)
         self.round = 0
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
-        self.log = RunLog(self.out_dir, spec, comm.is_root)
-        self.histograms = label_histograms(labels, self.parts, data.num_classes)
+        self.log = RunLog(self.out_dir, spec, comm.is_root, self.parts,
+                          label_histograms(labels, self.parts, data.num_classes))
         self.progress = Progress(spec.label(), spec.run.rounds, comm.is_root and not quiet)
         if self.device.type == "cuda":
             how = "directly" if comm.cuda_aware else "through pinned host buffers"
@@ -168,7 +168,6 @@ class Trainer:
         """Train until run.rounds, checkpointing as configured; write summary.json (root).
 
         Raises Preempted on every rank, after a checkpoint, when a stop signal arrived."""
-        self.log.open(self.parts, self.histograms)
         every = self.spec.run.checkpoint_every
         while self.round < self.spec.run.rounds:
             self.step()

@@ -13,24 +13,28 @@ from lbgm_mpi.config import to_toml
 class RunLog:
     """Writes config.toml, partition.json, metrics.jsonl and summary.json into ``out_dir``.
 
-    Nothing touches the folder before ``open`` (so a refused resume leaves it as it was). On
-    non-root ranks every method is a no-op, so callers need no rank checks."""
+    Nothing touches the folder before the first round is logged (so a refused resume leaves it as
+    it was). On non-root ranks nothing is written, so callers need no rank checks."""
 
-    def __init__(self, out_dir: Path, spec, active: bool):
+    def __init__(self, out_dir: Path, spec, active: bool, parts, histograms):
         self.out_dir = Path(out_dir)
         self.spec = spec
         self.active = active
+        self.parts = parts
+        self.histograms = histograms
         self.rows: list[dict] = []
+        self.opened = False
 
-    def open(self, parts, histograms) -> None:
-        """Write config.toml and partition.json, and metrics.jsonl holding exactly the rounds so
-        far (none, or those of the checkpoint resumed from: later lines are dropped)."""
+    def _open(self) -> None:
+        """On first use: write config.toml and partition.json, and metrics.jsonl holding exactly
+        the rounds so far (none, or those of the checkpoint resumed from: later lines go)."""
+        self.opened = True
         if not self.active:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.toml").write_text(to_toml(self.spec))
         clients = [{"client": k, "samples": len(p), "label_histogram": h}
-                   for k, (p, h) in enumerate(zip(parts, histograms))]
+                   for k, (p, h) in enumerate(zip(self.parts, self.histograms))]
         (self.out_dir / "partition.json").write_text(json.dumps(
             {"partition": self.spec.data.partition, "clients": clients}, indent=1))
         (self.out_dir / "metrics.jsonl").write_text("".join(_line(r) for r in self.rows))
@@ -41,6 +45,8 @@ class RunLog:
 
     def append(self, row: dict) -> None:
         """Add one round's metrics line."""
+        if not self.opened:
+            self._open()
         self.rows.append(row)
         if self.active:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
@@ -48,6 +54,8 @@ class RunLog:
 
     def write_summary(self, num_params: int, extra: dict) -> dict:
         """Write summary.json from the rounds logged so far (plus ``extra``) and return it."""
+        if not self.opened:
+            self._open()
         accs = [r["test_acc"] for r in self.rows if r["test_acc"] is not None]
         total = lambda key: int(sum(r[key] for r in self.rows))
         summary = {
