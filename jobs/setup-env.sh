@@ -9,8 +9,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${LBGM_MPI_VENV:-$here/.venv}"
 torch_req="${LBGM_MPI_TORCH:-torch==2.13.0}"
-python_bin="${LBGM_MPI_PYTHON:-$(command -v python3.11 || command -v python3)}"
-had_mpirun="$(command -v mpirun || true)"
+# Look for python and mpirun outside any virtual environment that is active now: another venv's
+# PyPI Open MPI would be invisible to the mpi4py of this one.
+search_path="$PATH"
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  search_path="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$VIRTUAL_ENV/bin" | paste -sd: -)"
+fi
+python_bin="${LBGM_MPI_PYTHON:-$(PATH="$search_path" command -v python3.11 \
+  || PATH="$search_path" command -v python3)}"
+had_mpirun="$(PATH="$search_path" command -v mpirun || true)"
 stamp="$venv/.lbgm-mpi-installed"
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   echo "setting up $venv (python: $python_bin, $torch_req)" >&2
