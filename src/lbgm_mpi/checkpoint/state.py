@@ -30,8 +30,7 @@ def _json_array(obj) -> np.ndarray:
 def _local_client_states(trainer) -> dict[int, dict[str, np.ndarray]]:
     states = {}
     for k in trainer.topo.local_clients:
-        state = trainer.exchange.client_state(k) if hasattr(trainer.exchange, "client_state") \
-            else {}
+        state = trainer.exchange.client_state(k)
         if state:
             states[k] = {name: t.detach().cpu().numpy() for name, t in state.items()}
     return states
@@ -47,7 +46,7 @@ def capture(trainer) -> dict[str, np.ndarray] | None:
               "metrics_json": _json_array(trainer.log.rows),
               "partition/indices": np.concatenate(trainer.parts),
               "partition/counts": np.array([len(p) for p in trainer.parts], dtype=np.int64)}
-    bank = getattr(trainer.exchange, "bank", None)
+    bank = trainer.exchange.bank
     if bank is not None:
         arrays["bank/rows"] = bank.rows.cpu().view(torch.int16 if bank.rows.dtype ==
                                                    torch.bfloat16 else bank.rows.dtype).numpy()
@@ -71,9 +70,7 @@ def save(trainer, folder: Path) -> tuple[Path, int, float] | None:
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, trainer.round)
     attrs = {"round": trainer.round, "config": trainer.spec.to_dict(),
-             "num_params": trainer.num_params, "ranks": trainer.comm.size,
-             "bank_dtype": str(getattr(getattr(trainer.exchange, "bank", None), "rows",
-                                       torch.empty(0)).dtype)}
+             "num_params": trainer.num_params, "ranks": trainer.comm.size}
     size = write_checkpoint(path, arrays, attrs)
     prune_checkpoints(folder, trainer.spec.run.keep_checkpoints)
     return path, size, time.perf_counter() - start
@@ -119,7 +116,7 @@ def restore(trainer, path: Path) -> None:
 
 
 def _restore_bank(trainer, arrays) -> None:
-    bank = getattr(trainer.exchange, "bank", None)
+    bank = trainer.exchange.bank
     if bank is None:
         return
     rows = torch.from_numpy(arrays["bank/rows"])
@@ -129,8 +126,6 @@ def _restore_bank(trainer, arrays) -> None:
 
 
 def _restore_clients(trainer, arrays) -> None:
-    if not hasattr(trainer.exchange, "load_client_state"):
-        return
     for k in trainer.topo.local_clients:
         prefix = f"clients/{k}/"
         state = {name[len(prefix):]: torch.from_numpy(np.array(v))

@@ -112,11 +112,7 @@ class Comm:
 
     def control_gather_int(self, value: int) -> list[int]:
         """Gather one int64 from every rank to every rank (bookkeeping traffic)."""
-        send = np.array([value], dtype=np.int64)
-        out = np.empty(self.size, dtype=np.int64)
-        self.control_bytes += send.nbytes
-        self._comm.Allgather(send, out)
-        return out.tolist()
+        return [row[0] for row in self.control_gather_ints([value])]
 
     def control_gather_ints(self, values: list[int]) -> list[list[int]]:
         """Gather a few int64 from every rank to every rank (bookkeeping traffic)."""
@@ -130,10 +126,6 @@ class Comm:
         """Gather one small object per rank to the root (None elsewhere); bookkeeping traffic
         such as client states for a checkpoint."""
         return self._comm.gather(obj, root=self.root)
-
-    def control_any(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any rank (bookkeeping traffic)."""
-        return any(self.control_gather_int(int(flag)))
 
     def control_bcast(self, obj):
         """Broadcast a small picklable object from the root (bookkeeping traffic)."""

@@ -32,7 +32,6 @@ import torch
 from lbgm_mpi.algorithm.bank import LookbackBank
 from lbgm_mpi.algorithm.lbgm import decide
 from lbgm_mpi.compress import ClientCompressors, make_compressor
-from lbgm_mpi.errors import UserError
 from lbgm_mpi.kernels import select_kernels
 
 FLOAT_BYTES = 4
@@ -218,28 +217,25 @@ class LbgmExchange(GatherExchange):
 
     def _encode(self, k, g, record, rnd) -> torch.Tensor:
         if self.compressors is None:
-            refresh = self._decide(k, g, record, rnd)
+            refresh = self._decide(k, g, record)
             parts = [seg for seg, r in zip(torch.split(g, self.sizes), refresh.tolist()) if r]
             empty = torch.zeros(0, device=g.device)
             return (torch.cat(parts) if parts else empty).view(torch.uint8)
         payload, sent = self.compressors.encode(k, g)
-        if self._decide(k, sent, record, rnd).all():
+        if self._decide(k, sent, record).all():
             return payload
         # the server applies rho * b, with rho rounded to float32 as it travels
         applied = float(record["rho"][0]) * self.bank.row(k).to(torch.float32)
         self.compressors.record_applied(k, sent, applied)
         return torch.zeros(0, dtype=torch.uint8, device=g.device)
 
-    def _decide(self, k, g, record, rnd) -> torch.Tensor:
+    def _decide(self, k, g, record) -> torch.Tensor:
         """Scalar or refresh for each segment of client k's update g; fill the record's refresh
         flags and coefficients; return the refresh flags (bool)."""
         dots, gnorm2 = self.kernels.project(g, self.bank.row(k), self.bounds)
-        try:
-            dec = decide(dots, gnorm2, self.bank.norm2[k], self.bank.valid[k] & self.scalar_ok,
-                         self.threshold)
-        except FloatingPointError:
-            raise UserError(f"client {k} produced a non-finite update in round {rnd} "
-                            "(training diverged: lower clients.lr or server.lr)") from None
+        # updates are checked for finite values where they are made (Trainer._train_client)
+        dec = decide(dots, gnorm2, self.bank.norm2[k], self.bank.valid[k] & self.scalar_ok,
+                     self.threshold)
         record["refresh"] = dec.refresh.numpy()
         record["rho"] = dec.rho.numpy()
         return dec.refresh

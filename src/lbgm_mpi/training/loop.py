@@ -7,15 +7,15 @@ import numpy as np
 import torch
 
 from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
+from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
-from lbgm_mpi.models import build_model
 from lbgm_mpi.errors import UserError
+from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
-from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.training.runlog import Progress, RunLog
 from lbgm_mpi.training.signals import Preempted, StopFlag
 
