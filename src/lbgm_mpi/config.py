@@ -70,6 +70,8 @@ class Data:
                "data.root; set it to the folder (or .h5 file) that holds them")
 
 
+MAX_LOOKBACK = 16
+
 MODELS = ("linear", "mlp", "cnn", "fcn", "lenet", "resnet18", "vgg19")
 
 
@@ -117,6 +119,9 @@ class Algo:
     ratio: float = 0.01       # topk / randomk: fraction of each layer's entries kept
     rank: int = 4             # lowrank / powersgd: rank of each matrix-shaped layer
     error_feedback: bool = False  # carry each client's compression residual into its next update
+    lookback: int = 1         # lbgm: m, look-back gradients per client (its last m refreshes); m coefficients per scalar send; 1 = the paper's LBGM
+    threshold_decay: float = 1.0  # lbgm: the threshold is multiplied by this once per round (1 = constant)
+    warmup_rounds: int = 0    # lbgm: rounds at the start in which every client refreshes (threshold 0)
 
     def __post_init__(self):
         _one_of(self.name, "algo.name", ("fedavg", "lbgm"))
@@ -129,6 +134,11 @@ class Algo:
         _check(0.0 <= self.threshold <= 1.0, "algo.threshold",
                f"{self.threshold} is outside [0, 1] (it bounds sin^2 of an angle)")
         _one_of(self.granularity, "algo.granularity", ("model", "layer"))
+        _check(1 <= self.lookback <= MAX_LOOKBACK, "algo.lookback",
+               f"must be between 1 and {MAX_LOOKBACK} (the bank holds m rows per client)")
+        _check(0.0 < self.threshold_decay <= 1.0, "algo.threshold_decay",
+               f"{self.threshold_decay} is outside (0, 1] (1 keeps the threshold constant)")
+        _check(self.warmup_rounds >= 0, "algo.warmup_rounds", "must be >= 0")
         _check(not (self.name == "lbgm" and self.compressor != "none"
                     and self.granularity == "layer"), "algo.granularity",
                f"'layer' cannot be stacked on algo.compressor = {self.compressor!r} (a compressor "
@@ -153,6 +163,9 @@ class System:
     bank_dtype: str = "float32"  # float32 | bfloat16: storage of the look-back bank (K x d)
     allow_gpu_sharing: bool = False  # let several ranks of a node share one GPU
     cuda_aware_mpi: str = "auto"  # auto | yes | no: hand device buffers to MPI (else stage on host)
+    bank: str = "replicated"  # replicated (a bank per rank, on its device) | shared (one bank per node, in host shared memory)
+    max_message_bytes: int = 64 << 20  # most bytes handed to MPI in one call: bigger payloads move in steps (also bounds the step buffers)
+    precision: str = "fp32"  # fp32 | tf32 (TensorFloat-32 matmuls on GPUs) | bf16 (bfloat16 autocast in local training)
 
     def __post_init__(self):
         _check(self.threads >= 1, "system.threads", "must be >= 1")
@@ -160,7 +173,14 @@ class System:
         _one_of(self.kernels, "system.kernels", ("torch", "cupy", "auto"))
         _one_of(self.bank_dtype, "system.bank_dtype", ("float32", "bfloat16"))
         _one_of(self.cuda_aware_mpi, "system.cuda_aware_mpi", ("auto", "yes", "no"))
+        _one_of(self.bank, "system.bank", ("replicated", "shared"))
+        _check(MIN_MESSAGE_BYTES <= self.max_message_bytes <= 2**31 - 1,
+               "system.max_message_bytes", f"must lie in [{MIN_MESSAGE_BYTES}, 2^31 - 1] (MPI "
+               "counts are C ints)")
+        _one_of(self.precision, "system.precision", ("fp32", "tf32", "bf16"))
 
+
+MIN_MESSAGE_BYTES = 4096  # below this the steps cost more than they move
 
 SECTIONS = {"run": Run, "data": Data, "model": Model, "clients": Clients, "algo": Algo,
             "server": Server, "system": System}

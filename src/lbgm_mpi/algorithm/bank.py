@@ -1,38 +1,141 @@
-"""The look-back bank: one row per client, replicated on every rank."""
+"""The look-back bank: each client's look-back gradients, the last ``lookback`` (m) updates it
+sent in full, per segment.
+
+Storage is one (K * m) x d matrix of float32 or bfloat16 values: slot j of client k is row
+k * m + j. For each (client, segment) a cursor names the slot the next refresh overwrites (the
+oldest), so a segment's m slots hold its m latest refreshes. The matrix is either a tensor of this
+rank (replicated on every rank) or one copy per node in shared memory; in the second case each rank
+of the node owns a slice of the columns: it writes only that slice of every refresh and aggregates
+only that slice, and ``sync`` separates a phase of writes from a phase of reads.
+
+No MPI in here: the caller passes the matrix and the node's ``sync``.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+COLUMN_ALIGN = 64  # a node rank's column slice starts on a multiple of this many values
+
+
+@dataclass(frozen=True)
+class Node:
+    """The ranks sharing one bank: this rank's index among them, their number, and the
+    collective that makes every rank's writes visible to all (a no-op for a private bank)."""
+
+    rank: int = 0
+    size: int = 1
+    sync: Callable[[], None] = lambda: None
+
+
+def column_slice(d: int, rank: int, size: int) -> tuple[int, int]:
+    """Rank ``rank``'s share [lo, hi) of d columns split among ``size`` ranks (aligned starts)."""
+    step = -(-d // size)
+    step = -(-step // COLUMN_ALIGN) * COLUMN_ALIGN
+    return min(d, rank * step), min(d, (rank + 1) * step)
+
 
 class LookbackBank:
-    """Holds each client's last fully sent update, per segment, with validity and cached norms.
+    """Look-back gradients of K clients, m slots each, with the Gram matrices of the slots of the
+    clients hosted here (what their decisions need).
 
-    rows:  K x d (float32 or bfloat16), on ``device``
-    valid: K x L bool, a segment holds a usable look-back gradient (non-zero norm)
-    norm2: K x L float64, ||row segment||^2 of the stored (possibly rounded) values
+    rows:    (K * m) x d, float32 or bfloat16 (given: a private tensor or node-shared memory)
+    cursor:  K x L int64, the slot the next refresh of (client, segment) overwrites
+    gram:    {local client: L x m x m float64}, <slot i, slot j> per segment of the stored values
+    ``project(x, y, bounds) -> (dots, ||x||^2)`` computes per-segment products (a kernel back end).
     """
 
-    def __init__(self, num_clients: int, bounds: torch.Tensor, dtype=torch.float32,
-                 device="cpu"):
+    def __init__(self, rows: torch.Tensor, num_clients: int, bounds: torch.Tensor, lookback: int,
+                 local_clients, project, node: Node = Node()):
+        if rows.shape[0] != num_clients * lookback or rows.shape[1] != int(bounds[-1]):
+            raise ValueError(f"bank rows {tuple(rows.shape)} do not match {num_clients} clients "
+                             f"x {lookback} slots x {int(bounds[-1])} values")
+        self.rows = rows
         self.bounds = bounds
         self.sizes = torch.diff(bounds).tolist()
-        num_segments = len(self.sizes)
-        self.rows = torch.zeros(num_clients, int(bounds[-1]), dtype=dtype, device=device)
-        self.valid = torch.zeros(num_clients, num_segments, dtype=torch.bool)
-        self.norm2 = torch.zeros(num_clients, num_segments, dtype=torch.float64)
+        self.lookback = lookback
+        self.node = node
+        self.columns = column_slice(rows.shape[1], node.rank, node.size)
+        self.cursor = torch.zeros(num_clients, len(self.sizes), dtype=torch.int64)
+        self._project = project
+        self.gram = {k: torch.zeros(len(self.sizes), lookback, lookback, dtype=torch.float64)
+                     for k in local_clients}
+        self.guard: Callable[[], None] | None = None  # waits for a reader of the rows (checkpoint)
 
-    def write(self, client: int, segments: list[int], values: list[torch.Tensor]) -> None:
-        """Store ``values[i]`` as segment ``segments[i]`` of the client's row (in place).
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored rows (per rank when private, per node when shared)."""
+        return self.rows.numel() * self.rows.element_size()
 
-        A segment whose stored norm is zero is kept but marked invalid, so that a zero look-back
-        gradient is never used for a projection."""
-        for seg, value in zip(segments, values):
-            lo, hi = int(self.bounds[seg]), int(self.bounds[seg + 1])
-            stored = self.rows[client, lo:hi]
-            stored.copy_(value)
-            n2 = torch.dot(stored.double(), stored.double()).item()
-            self.norm2[client, seg] = n2
-            self.valid[client, seg] = n2 > 0
+    @property
+    def shared(self) -> bool:
+        return self.node.size > 1
 
-    def row(self, client: int) -> torch.Tensor:
-        """The client's row (a view; do not modify)."""
-        return self.rows[client]
+    def slot_row(self, client: int, slot: int) -> torch.Tensor:
+        """Row of slot ``slot`` of ``client`` (a view; do not modify)."""
+        return self.rows[client * self.lookback + slot]
+
+    def norm2(self, client: int) -> torch.Tensor:
+        """L x m float64: squared norm of each slot's segment (local clients only)."""
+        return torch.diagonal(self.gram[client], dim1=1, dim2=2)
+
+    def valid(self, client: int) -> torch.Tensor:
+        """L x m bool: the slot's segment holds a usable look-back gradient (non-zero norm)."""
+        return self.norm2(client) > 0
+
+    def begin_writes(self) -> None:
+        """Before a round's refreshes are written: wait until nothing reads the rows any more
+        (a checkpoint being written) and, when shared, until every rank of the node is done."""
+        if self.guard is not None:
+            self.guard()
+        self.node.sync()
+
+    def destination(self, client: int, segment: int) -> tuple[int, int, int]:
+        """(row, lo, hi): where a refresh of ``segment`` of ``client`` goes this round, clipped to
+        this rank's columns (lo == hi when it owns none of them)."""
+        row = client * self.lookback + int(self.cursor[client, segment])
+        lo, hi = int(self.bounds[segment]), int(self.bounds[segment + 1])
+        return row, max(lo, self.columns[0]), min(hi, self.columns[1])
+
+    def write(self, client: int, segment: int, values: torch.Tensor, first: int = 0) -> None:
+        """Store ``values`` (float32) at offset ``first`` of ``segment`` of this round's slot of
+        ``client``, keeping only what lies in this rank's columns (in place)."""
+        row, lo, hi = self.destination(client, segment)
+        start = int(self.bounds[segment]) + first
+        a, b = max(lo, start), min(hi, start + values.numel())
+        if a < b:
+            self.rows[row, a:b].copy_(values[a - start:b - start])
+
+    def end_writes(self, refreshed: dict[int, list[int]]) -> None:
+        """After the writes of a round: publish them to the node, refresh the Gram matrices of
+        the local clients that refreshed, and advance the cursors. ``refreshed`` maps every
+        participant that refreshed to its refreshed segments (identical on every rank)."""
+        self.node.sync()
+        for k, segments in refreshed.items():
+            if k in self.gram:
+                self._update_gram(k, segments)
+        for k, segments in refreshed.items():
+            self.cursor[k, segments] = (self.cursor[k, segments] + 1) % self.lookback
+
+    def _update_gram(self, k: int, segments: list[int]) -> None:
+        """Recompute row and column ``j`` of client k's Gram matrices for the segments just
+        written into slot j (a segment's slot is its cursor)."""
+        cursor = self.cursor[k]
+        for j in sorted({int(cursor[s]) for s in segments}):
+            mine = [s for s in segments if int(cursor[s]) == j]
+            new = self.slot_row(k, j)
+            for i in range(self.lookback):
+                dots = self._project(new, self.slot_row(k, i), self.bounds)[0]
+                self.gram[k][mine, j, i] = dots[mine]
+                self.gram[k][mine, i, j] = dots[mine]
+
+    def rebuild_gram(self) -> None:
+        """Recompute every local client's Gram matrices from the rows (after a restore)."""
+        for k in self.gram:
+            for j in range(self.lookback):
+                for i in range(j + 1):
+                    dots = self._project(self.slot_row(k, j), self.slot_row(k, i),
+                                         self.bounds)[0]
+                    self.gram[k][:, j, i] = dots
+                    self.gram[k][:, i, j] = dots

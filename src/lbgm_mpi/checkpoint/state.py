@@ -1,69 +1,129 @@
 """Saving and restoring a Trainer's whole state, so that a resumed run continues bit for bit.
 
-What is saved: the global model and the server's momentum, the look-back bank (rows, valid flags,
-cached norms), every client's persistent state (compressor and error-feedback memory, gathered
+What is saved: the global model and the server's momentum, the look-back bank (rows and slot
+cursors; the Gram matrices the decisions use are recomputed from the rows), every client's
+persistent state (compressor and error-feedback memory, gathered
 from the ranks that host them), the round, the metrics so far, the partition and the resolved
 config. Random streams need no saving: the participant draw is keyed by (seed, round) and each
 client's stream by (seed, client, round), so the round number restores them.
 """
 
 import json
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_path, list_checkpoints,
                                        prune_checkpoints, read_checkpoint, write_checkpoint)
 
 # Keys that may change on resume: they do not change what a round computes.
 SAFE_KEYS = {"run.rounds", "run.eval_every", "run.check_every", "run.checkpoint_every",
              "run.keep_checkpoints", "run.label", "system.threads", "system.device",
-             "system.kernels", "system.cuda_aware_mpi", "system.allow_gpu_sharing"}
+             "system.kernels", "system.cuda_aware_mpi", "system.allow_gpu_sharing",
+             "system.bank", "system.max_message_bytes"}
 
 
 def _json_array(obj) -> np.ndarray:
     return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
 
 
-def _local_client_states(trainer) -> dict[int, dict[str, np.ndarray]]:
+def pack_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Named arrays as one uint8 array: an 8-byte header length, a JSON header (names, dtypes,
+    shapes), then the arrays' bytes in header order. No pickle."""
+    items = [(name, np.ascontiguousarray(a)) for name, a in arrays.items()]
+    header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in items]).encode()
+    parts = [np.array([len(header)], dtype="<i8").view(np.uint8),
+             np.frombuffer(header, dtype=np.uint8)]
+    parts += [a.reshape(-1).view(np.uint8) for _, a in items]
+    return np.concatenate(parts)
+
+
+def unpack_arrays(data: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays ``pack_arrays`` packed (new arrays that do not share ``data``'s memory)."""
+    size = int(data[:8].view("<i8")[0])
+    at, out = 8 + size, {}
+    for name, dtype, shape in json.loads(data[8:at].tobytes()):
+        count = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        out[name] = data[at:at + count].view(dtype).reshape(shape).copy()
+        at += count
+    return out
+
+
+def _local_client_states(trainer) -> dict[str, np.ndarray]:
     states = {}
     for k in trainer.topo.local_clients:
-        state = trainer.exchange.client_state(k)
-        if state:
-            states[k] = {name: t.detach().cpu().numpy() for name, t in state.items()}
+        for name, t in trainer.exchange.client_state(k).items():
+            states[f"clients/{k}/{name}"] = t.detach().cpu().numpy()
     return states
 
 
 def capture(trainer) -> dict[str, np.ndarray] | None:
-    """Collective: every rank calls it; the root gets the arrays of the whole state."""
-    gathered = trainer.comm.control_gather_objects(_local_client_states(trainer))
+    """Collective: every rank calls it; the root gets the arrays of the whole state.
+
+    Everything is a snapshot except ``bank/rows``, which is the live bank (a view): a writer must
+    finish reading it before the bank is written again (``LookbackBank.guard``)."""
+    gathered = trainer.comm.control_gather_bytes(pack_arrays(_local_client_states(trainer)))
     if not trainer.comm.is_root:
         return None
-    arrays = {"theta": trainer.theta.cpu().numpy(),
-              "server/velocity": trainer.server.velocity.cpu().numpy(),
+    arrays = {"theta": trainer.theta.cpu().numpy().copy(),
+              "server/velocity": trainer.server.velocity.cpu().numpy().copy(),
               "metrics_json": _json_array(trainer.log.rows),
               "partition/indices": np.concatenate(trainer.parts),
               "partition/counts": np.array([len(p) for p in trainer.parts], dtype=np.int64)}
     bank = trainer.exchange.bank
     if bank is not None:
-        arrays["bank/rows"] = bank.rows.cpu().view(torch.int16 if bank.rows.dtype ==
-                                                   torch.bfloat16 else bank.rows.dtype).numpy()
-        arrays["bank/valid"] = bank.valid.numpy().astype(np.uint8)
-        arrays["bank/norm2"] = bank.norm2.numpy()
-    for states in gathered:
-        for k, state in states.items():
-            for name, value in state.items():
-                arrays[f"clients/{k}/{name}"] = value
+        rows = bank.rows if bank.rows.dtype != torch.bfloat16 else bank.rows.view(torch.int16)
+        arrays["bank/rows"] = rows.cpu().numpy()
+        arrays["bank/cursor"] = bank.cursor.numpy().copy()
+    for packed in gathered:
+        arrays.update(unpack_arrays(packed))
     return arrays
 
 
-def save(trainer, folder: Path) -> tuple[Path, int, float] | None:
+class BackgroundWriter:
+    """Writes one checkpoint at a time in a thread; ``wait`` returns once it is on disk and
+    raises, in the caller's thread, whatever the writing raised."""
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+        self.waited_s = 0.0  # seconds callers spent in ``wait`` while a write was running
+
+    def start(self, write) -> None:
+        """Run ``write()`` in the background (after the previous write has finished)."""
+        self.wait()
+
+        def run():
+            try:
+                write()
+            except BaseException as err:  # handed to the training thread by wait()
+                self._error = err
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is running; re-raise its error, if any."""
+        if self._thread is not None:
+            start = time.perf_counter()
+            self._thread.join()
+            self.waited_s += time.perf_counter() - start
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def save(trainer, folder: Path, writer: BackgroundWriter | None = None):
     """Collective: write a checkpoint of the current round into ``folder`` (root writes).
 
-    Returns (path, bytes, seconds) on the root, None elsewhere."""
-    start = time.perf_counter()
+    With a ``writer`` the root writes in the background and returns at once (the bank's guard
+    waits for it before the bank changes); without one it writes before returning. Returns the
+    path on the root, None elsewhere."""
     arrays = capture(trainer)
     if arrays is None:
         return None
@@ -71,9 +131,20 @@ def save(trainer, folder: Path) -> tuple[Path, int, float] | None:
     path = checkpoint_path(folder, trainer.round)
     attrs = {"round": trainer.round, "config": trainer.spec.to_dict(),
              "num_params": trainer.num_params, "ranks": trainer.comm.size}
-    size = write_checkpoint(path, arrays, attrs)
-    prune_checkpoints(folder, trainer.spec.run.keep_checkpoints)
-    return path, size, time.perf_counter() - start
+    keep = trainer.spec.run.keep_checkpoints
+
+    def write():
+        start = time.perf_counter()
+        size = write_checkpoint(path, arrays, attrs)
+        prune_checkpoints(folder, keep)
+        trainer.progress.note(f"checkpoint {path.name}: {human_bytes(size)} in "
+                              f"{time.perf_counter() - start:.2f} s")
+
+    if writer is None:
+        write()
+    else:
+        writer.start(write)
+    return path
 
 
 def resolve(resume: str, folder: Path) -> Path | None:
@@ -116,13 +187,19 @@ def restore(trainer, path: Path) -> None:
 
 
 def _restore_bank(trainer, arrays) -> None:
+    """Copy the rows (this rank's columns, for a node-shared bank) and the cursors; rebuild the
+    local clients' Gram matrices from the rows."""
     bank = trainer.exchange.bank
     if bank is None:
         return
-    rows = torch.from_numpy(arrays["bank/rows"])
-    bank.rows.copy_(rows.view(bank.rows.dtype) if rows.dtype != bank.rows.dtype else rows)
-    bank.valid.copy_(torch.from_numpy(arrays["bank/valid"].astype(bool)))
-    bank.norm2.copy_(torch.from_numpy(arrays["bank/norm2"]))
+    rows = torch.from_numpy(arrays.pop("bank/rows"))
+    if rows.dtype != bank.rows.dtype:
+        rows = rows.view(bank.rows.dtype)
+    lo, hi = bank.columns
+    bank.rows[:, lo:hi].copy_(rows[:, lo:hi])
+    bank.cursor.copy_(torch.from_numpy(arrays["bank/cursor"]))
+    bank.node.sync()
+    bank.rebuild_gram()
 
 
 def _restore_clients(trainer, arrays) -> None:

@@ -2,27 +2,42 @@
 
 ``Comm`` wraps a communicator with the handful of collectives the trainer needs. Each data
 collective adds the size of the buffer this rank hands to MPI to ``bytes_sent``; control traffic
-(byte-counter totals, model-hash checks, stop agreement) is counted apart in ``control_bytes`` so
-that the reported figures compare the algorithms' own exchanges. Works at size 1.
+(byte-counter totals, model-hash checks, stop agreement, checkpoint gathers) is counted apart in
+``control_bytes`` so that the reported figures compare the algorithms' own exchanges. Works at
+size 1.
+
+No call hands MPI more than ``max_message_bytes`` at once (see comm/chunking.py): payloads of
+any size, past 2^31 bytes too, move in steps, on Open MPI 5 (no large-count routines) and on
+MPIs that have them alike. The byte ledger counts the payload once, however many steps it took.
 """
 
 import hashlib
 import os
+import pickle
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
+from lbgm_mpi.comm.chunking import check_limit, displacements, element_chunks, gather_steps
 from lbgm_mpi.errors import UserError
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # bounds every step's buffers as well as MPI's counts
+
+# sink(rank, offset, data): ``data`` (1-D uint8 tensor, valid only during the call) holds bytes
+# [offset, offset + len(data)) of rank ``rank``'s payload
+Sink = Callable[[int, int, torch.Tensor], None]
 
 
 class Comm:
     """Byte-counting collectives over an mpi4py communicator (default: COMM_WORLD)."""
 
-    def __init__(self, comm: MPI.Comm | None = None):
+    def __init__(self, comm: MPI.Comm | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self._comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()
@@ -31,69 +46,99 @@ class Comm:
         self.control_bytes = 0   # bookkeeping bytes this rank handed to MPI
         self.seconds = 0.0       # wall time this rank spent inside data collectives
         self.cuda_aware = False  # hand CUDA buffers to MPI directly (else stage through host)
+        self.max_message_bytes = max_message_bytes
         self._staging = None
+        self._node = None
 
     @property
     def is_root(self) -> bool:
         return self.rank == self.root
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The most bytes handed to MPI in one call (a limit of the whole job)."""
+        return self._limit
+
+    @max_message_bytes.setter
+    def max_message_bytes(self, limit: int) -> None:
+        check_limit(limit, self.size)
+        self._limit = limit
+        if getattr(self, "_node", None) is not None:
+            self._node.max_message_bytes = limit
+
+    # ---- data collectives (counted in bytes_sent) --------------------------------------------
+
     def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
         """Sum ``buf`` over ranks into a new array (``buf`` is not changed)."""
-        buf = np.ascontiguousarray(buf)
+        buf = np.ascontiguousarray(buf).reshape(-1)
         out = np.empty_like(buf)
-        self._timed(buf.nbytes, lambda: self._comm.Allreduce(buf, out, op=MPI.SUM))
-        return out
-
-    def allgatherv_bytes(self, send: np.ndarray, counts: list[int]) -> np.ndarray:
-        """Concatenate every rank's ``send`` bytes in rank order; ``counts[r]`` (in bytes) must be
-        known to every rank beforehand and equal rank r's ``send.nbytes``."""
-        send = np.ascontiguousarray(send).view(np.uint8).reshape(-1)
-        out = np.empty(int(sum(counts)), dtype=np.uint8)
-        self._allgatherv(send, out, send.nbytes, counts)
+        self._allreduce(buf, out, buf.itemsize)
         return out
 
     def allreduce_tensor(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a tensor over ranks into a new tensor on its device (``t`` is not changed)."""
+        """Sum a 1-D tensor over ranks into a new tensor on its device (``t`` is not changed)."""
         if not t.is_cuda:
             return torch.from_numpy(self.allreduce_sum(t.numpy()))
         out = torch.empty_like(t)
         if self.cuda_aware:
             _sync(t)
-            self._timed(t.numel() * t.element_size(),
-                        lambda: self._comm.Allreduce(t, out, op=MPI.SUM))
+            self._allreduce(t, out, t.element_size())
         else:
             summed = self.allreduce_sum(self.staging.to_host("allreduce", t))
             self.staging.to_device("allreduce", summed, out)
         return out
 
-    def allgatherv_tensor(self, send: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """``allgatherv_bytes`` for a 1-D uint8 tensor; the result is on its device."""
-        if not send.is_cuda:
-            return torch.from_numpy(self.allgatherv_bytes(send.numpy(), counts))
-        out = torch.empty(int(sum(counts)), dtype=torch.uint8, device=send.device)
-        if self.cuda_aware:
-            _sync(send)
-            self._allgatherv(send, out, send.numel(), counts)
-        else:
-            got = self.allgatherv_bytes(self.staging.to_host("gather", send), counts)
-            self.staging.to_device("gather", got, out)
+    def _allreduce(self, buf, out, itemsize: int) -> None:
+        for lo, hi in element_chunks(len(buf), itemsize, self._limit):
+            self._timed((hi - lo) * itemsize,
+                        lambda: self._comm.Allreduce(buf[lo:hi], out[lo:hi], op=MPI.SUM))
+
+    def allgatherv_bytes(self, send: np.ndarray, counts: list[int]) -> np.ndarray:
+        """Concatenate every rank's ``send`` bytes in rank order into a new array; ``counts[r]``
+        (bytes) must be known to every rank and equal rank r's ``send.nbytes``. For small data
+        (records): the result is held whole."""
+        send = np.ascontiguousarray(send).view(np.uint8).reshape(-1)
+        out = np.empty(int(sum(counts)), dtype=np.uint8)
+        starts = displacements(counts)
+
+        def keep(rank: int, offset: int, data: torch.Tensor) -> None:
+            out[starts[rank] + offset:starts[rank] + offset + len(data)] = data.numpy()
+
+        self.allgatherv_stream([torch.from_numpy(send)], counts, keep)
         return out
 
-    @property
-    def staging(self):
-        """Reused (pinned) host buffers for CUDA tensors when MPI is not CUDA-aware."""
-        if self._staging is None:
-            from lbgm_mpi.gpu import HostStaging
-            self._staging = HostStaging()
-        return self._staging
+    def allgatherv_stream(self, pieces: Sequence[torch.Tensor], counts: list[int],
+                          sink: Sink) -> None:
+        """Every rank's payload to every rank, in steps of at most ``max_message_bytes``.
 
-    def _allgatherv(self, send, out, nbytes: int, counts: list[int]) -> None:
+        This rank's payload is the concatenation of ``pieces`` (1-D uint8 tensors, on the host or
+        a GPU; not changed), ``counts[r]`` bytes for rank r (known to every rank). ``sink`` is
+        called with each received part of every rank's payload (this rank's own included), in
+        rank order within a step and in payload order for each rank; nothing holds the whole
+        gathered payload."""
+        nbytes = sum(p.numel() for p in pieces)
         if nbytes != counts[self.rank]:
             raise RuntimeError(f"rank {self.rank}: sends {nbytes} bytes but every rank "
                                f"expects {counts[self.rank]}")
-        displs = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(np.int64).tolist()
-        self._timed(nbytes, lambda: self._comm.Allgatherv(
-            [send, MPI.BYTE], [out, (list(counts), displs), MPI.BYTE]))
+        device = pieces[0].device if pieces else torch.device("cpu")
+        on_device = device.type == "cuda" and self.cuda_aware
+        for ranges in gather_steps(counts, self._limit):
+            step = [hi - lo for lo, hi in ranges]
+            recv = self._step_buffer("recv", sum(step), device if on_device else None)
+            send = _byte_range(pieces, *ranges[self.rank], self, on_device)
+            if on_device:
+                _sync(send)
+            self._timed(len(send), lambda: self._comm.Allgatherv(
+                [_buf(send), MPI.BYTE], [_buf(recv), (step, displacements(step)), MPI.BYTE]))
+            for r, (lo, hi), start in zip(range(self.size), ranges, displacements(step)):
+                if hi > lo:
+                    sink(r, lo, recv[start:start + hi - lo])
+
+    def _step_buffer(self, name: str, nbytes: int, device) -> torch.Tensor:
+        """A reused uint8 buffer of ``nbytes`` (host, or ``device`` for CUDA-aware MPI)."""
+        if device is None:
+            return self.staging.buffer(name, nbytes, torch.uint8)
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
     def _timed(self, nbytes: int, call) -> None:
         """Run a data collective, counting the bytes handed to MPI and the time inside it."""
@@ -102,13 +147,16 @@ class Comm:
         call()
         self.seconds += time.perf_counter() - start
 
-    def node_rank_and_size(self) -> tuple[int, int]:
-        """This rank's index among the ranks of its node, and their number (start-up only)."""
-        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
-        try:
-            return node.Get_rank(), node.Get_size()
-        finally:
-            node.Free()
+    @property
+    def staging(self):
+        """Reused host buffers (pinned where CUDA is present) for steps and for CUDA tensors when
+        MPI is not CUDA-aware."""
+        if self._staging is None:
+            from lbgm_mpi.gpu import HostStaging
+            self._staging = HostStaging()
+        return self._staging
+
+    # ---- bookkeeping collectives (counted in control_bytes) ----------------------------------
 
     def control_gather_int(self, value: int) -> list[int]:
         """Gather one int64 from every rank to every rank (bookkeeping traffic)."""
@@ -122,14 +170,33 @@ class Comm:
         self._comm.Allgather(send, out)
         return out.tolist()
 
-    def control_gather_objects(self, obj) -> list | None:
-        """Gather one small object per rank to the root (None elsewhere); bookkeeping traffic
-        such as client states for a checkpoint."""
-        return self._comm.gather(obj, root=self.root)
+    def control_gather_bytes(self, send: np.ndarray) -> list[np.ndarray] | None:
+        """Every rank's bytes to the root, in steps (any size): the root gets one new uint8 array
+        per rank, the others None (bookkeeping traffic, e.g. client states for a checkpoint)."""
+        send = np.ascontiguousarray(send).view(np.uint8).reshape(-1)
+        counts = self.control_gather_int(send.nbytes)
+        parts = [np.empty(c, dtype=np.uint8) for c in counts] if self.is_root else None
+        for ranges in gather_steps(counts, self._limit):
+            step = [hi - lo for lo, hi in ranges]
+            recv = np.empty(sum(step) if self.is_root else 0, dtype=np.uint8)
+            lo, hi = ranges[self.rank]
+            self.control_bytes += hi - lo
+            self._comm.Gatherv(send[lo:hi], [recv, (step, displacements(step)), MPI.BYTE]
+                               if self.is_root else None, root=self.root)
+            if self.is_root:
+                for part, (a, b), start in zip(parts, ranges, displacements(step)):
+                    part[a:b] = recv[start:start + b - a]
+        return parts
 
     def control_bcast(self, obj):
-        """Broadcast a small picklable object from the root (bookkeeping traffic)."""
-        return self._comm.bcast(obj, root=self.root)
+        """Broadcast a picklable object from the root, in steps (any size; bookkeeping)."""
+        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.is_root else None
+        nbytes = self._comm.bcast(len(data) if self.is_root else None, root=self.root)
+        buf = data if self.is_root else np.empty(nbytes, dtype=np.uint8)
+        for lo, hi in element_chunks(nbytes, 1, self._limit):
+            self.control_bytes += hi - lo if self.is_root else 0
+            self._comm.Bcast(buf[lo:hi], root=self.root)
+        return obj if self.is_root else pickle.loads(buf.tobytes())
 
     def check_same(self, array: np.ndarray, what: str) -> None:
         """Raise on every rank if ``array`` differs between ranks (compares a 63-bit hash)."""
@@ -145,6 +212,55 @@ class Comm:
 
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)
+
+    # ---- the node ----------------------------------------------------------------------------
+
+    @property
+    def node(self) -> "Comm":
+        """The ranks of this rank's node (one shared-memory domain), as a Comm; built once."""
+        if self._node is None:
+            self._node = Comm(self._comm.Split_type(MPI.COMM_TYPE_SHARED), self._limit)
+        return self._node
+
+    def node_rank_and_size(self) -> tuple[int, int]:
+        """This rank's index among the ranks of its node, and their number."""
+        return self.node.rank, self.node.size
+
+    def node_count(self) -> int:
+        """How many nodes the job spans (collective)."""
+        return sum(self.control_gather_int(int(self.node.rank == 0)))
+
+    def shared_memory(self, nbytes: int, what: str):
+        """``nbytes`` new zeroed bytes shared by the ranks of this node (collective over the
+        node); ``what`` names their use in the error if they cannot be had."""
+        from lbgm_mpi.comm.shared import SharedMemory
+        return SharedMemory(self.node._comm, nbytes, what)
+
+
+def _byte_range(pieces: Sequence[torch.Tensor], lo: int, hi: int, comm: Comm,
+                on_device: bool) -> torch.Tensor:
+    """Bytes [lo, hi) of the concatenation of ``pieces``: a view when they lie in one piece,
+    else a copy into a reused buffer; on the host unless MPI takes device buffers."""
+    start = 0
+    for piece in pieces:
+        if start <= lo and hi <= start + piece.numel() and (on_device or not piece.is_cuda):
+            return piece[lo - start:hi - start]
+        start += piece.numel()
+    out = comm._step_buffer("send", hi - lo, pieces[0].device if on_device else None)
+    start, filled = 0, 0
+    for piece in pieces:
+        a, b = max(lo, start), min(hi, start + piece.numel())
+        if a < b:
+            out[filled:filled + b - a].copy_(piece[a - start:b - start])
+            filled += b - a
+        start += piece.numel()
+    return out
+
+
+def _buf(t: torch.Tensor):
+    """What mpi4py reads or writes for a tensor: NumPy's view of host memory, the tensor itself
+    on a GPU (through DLPack / the CUDA array interface)."""
+    return t if t.is_cuda else t.numpy()
 
 
 def _sync(t: torch.Tensor) -> None:

@@ -2,6 +2,8 @@
 
 import torch
 
+BLOCK = 1 << 20  # values converted to float64 at a time: bounds the projection's scratch memory
+
 
 class TorchKernels:
     """Projection and bank aggregation with plain PyTorch ops (see lbgm_mpi.kernels)."""
@@ -9,21 +11,39 @@ class TorchKernels:
     name = "torch"
 
     def project(self, g: torch.Tensor, b: torch.Tensor, bounds: torch.Tensor):
-        """Per-segment <g, b> and ||g||^2 in float64; inputs are left unchanged."""
-        sizes = torch.diff(bounds).tolist()
-        dots, gnorms = [], []
-        for gs, bs in zip(torch.split(g, sizes), torch.split(b, sizes)):
-            gs64 = gs.to(torch.float64)
-            dots.append(torch.dot(gs64, bs.to(torch.float64)))
-            gnorms.append(torch.dot(gs64, gs64))
-        return torch.stack(dots).cpu(), torch.stack(gnorms).cpu()
+        """Per-segment <g, b> and ||g||^2 in float64; inputs are left unchanged. Works through
+        blocks of BLOCK values, so its scratch memory does not grow with d."""
+        edges = bounds.tolist()
+        dots = torch.zeros(len(edges) - 1, dtype=torch.float64)
+        gnorms = torch.zeros_like(dots)
+        seg = 0
+        for lo in range(0, edges[-1], BLOCK):
+            hi = min(lo + BLOCK, edges[-1])
+            g64, b64 = g[lo:hi].to(torch.float64), b[lo:hi].to(torch.float64)
+            while seg < len(edges) - 1 and edges[seg] < hi:
+                a, z = max(edges[seg], lo) - lo, min(edges[seg + 1], hi) - lo
+                dots[seg] += torch.dot(g64[a:z], b64[a:z]).item()
+                gnorms[seg] += torch.dot(g64[a:z], g64[a:z]).item()
+                if edges[seg + 1] > hi:
+                    break
+                seg += 1
+        return dots, gnorms
 
     def aggregate(self, bank: torch.Tensor, rows: torch.Tensor, coefs: torch.Tensor,
                   bounds: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of bank rows, segment by segment, as a new float32 vector."""
-        sizes = torch.diff(bounds).tolist()
-        picked = bank.index_select(0, rows.to(bank.device)).to(torch.float32)
-        weights = coefs.to(device=bank.device, dtype=torch.float32)
-        parts = [torch.mv(seg.t(), weights[:, l])
-                 for l, seg in enumerate(torch.split(picked, sizes, dim=1))]
-        return torch.cat(parts)
+        """Weighted sum of bank rows, segment by segment, as a new float32 vector.
+
+        Reads the rows in place (no gathered copy), in the given order, one multiply and one add
+        per value and row, each rounded once: every output value depends only on its own column,
+        so summing a slice of the columns gives exactly the same bits as summing all of them."""
+        out = torch.zeros(bank.shape[1], dtype=torch.float32, device=bank.device)
+        tmp = torch.empty_like(out)
+        scales = coefs.to(torch.float32)
+        sizes = torch.diff(bounds).to(bank.device)
+        for i, r in enumerate(rows.tolist()):
+            scale = (scales[i, 0].item() if len(sizes) == 1 else
+                     torch.repeat_interleave(scales[i].to(bank.device), sizes))
+            tmp.copy_(bank[r])
+            tmp.mul_(scale)
+            out.add_(tmp)
+        return out

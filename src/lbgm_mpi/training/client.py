@@ -13,19 +13,24 @@ def stream_seed(seed: int, client: int, rnd: int) -> int:
 
 
 def local_update(model: torch.nn.Module, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                 cfg, seed: int) -> tuple[torch.Tensor, float]:
+                 cfg, seed: int, precision: str = "fp32") -> tuple[torch.Tensor, float]:
     """Train a copy of the global model ``theta`` on (x, y); return (theta - trained, mean loss).
 
     ``cfg`` is the [clients] section: ``local`` runs local_epochs of minibatch SGD over a
     shuffled shard, ``fedsgd`` one SGD step on the full local batch (so the update is
-    lr x gradient). ``model`` is overwritten; ``theta`` is not changed."""
+    lr x gradient). With ``precision`` "bf16" the forward pass and the loss run under bfloat16
+    autocast; parameters, gradients and the update stay float32. ``model`` is overwritten;
+    ``theta`` is not changed."""
     load_flat(model, theta)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(seed)
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
     losses = []
     for batch in _batches(len(y), cfg, gen):
-        loss = F.cross_entropy(model(x[batch]), y[batch])
+        with autocast:
+            loss = F.cross_entropy(model(x[batch]), y[batch])
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, grad in zip(params, grads):

@@ -7,16 +7,17 @@ import numpy as np
 import torch
 
 from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
-from lbgm_mpi.analysis.report import human_bytes
+from lbgm_mpi.checkpoint.state import BackgroundWriter
 from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
-from lbgm_mpi.errors import UserError
+from lbgm_mpi.errors import ConfigError, UserError
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
 from lbgm_mpi.training.phases import PhaseTimer
+from lbgm_mpi.training.resources import device_peak_bytes, host_peak_bytes, set_precision
 from lbgm_mpi.training.runlog import Progress, RunLog
 from lbgm_mpi.training.signals import Preempted, StopFlag
 
@@ -42,6 +43,11 @@ class Trainer:
         self.stop = stop or StopFlag()
         self.stop_agreed = False
         torch.set_num_threads(spec.system.threads)
+        set_precision(spec.system.precision)
+        try:
+            comm.max_message_bytes = spec.system.max_message_bytes
+        except ValueError as err:
+            raise ConfigError(f"system.max_message_bytes: {err}") from None
         self.topo = make_topology(comm.rank, comm.size, spec.clients.count,
                                   spec.clients.placement)
         self.device = choose_device(comm, spec.system)
@@ -58,8 +64,12 @@ class Trainer:
         self.variances = self.layout.slices_named("running_var")
         self.timer = PhaseTimer(self.device)
         self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device, self.timer)
+        self.writer = BackgroundWriter()
+        if self.exchange.bank is not None:  # the bank changes only once a checkpoint is written
+            self.exchange.bank.guard = self.writer.wait
         self.round = 0
-        self.checkpoint_hold_s = 0.0  # loop time taken by the checkpoint after the last round
+        self.checkpoint_hold_s = 0.0  # loop time the checkpoint after the last round took
+        self.waited_mark = 0.0  # writer.waited_s when the last metrics row was made
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
         self.log = RunLog(self.out_dir, spec, comm.is_root, self.parts,
                           label_histograms(labels, self.parts, data.num_classes))
@@ -116,17 +126,24 @@ class Trainer:
                "scalars": traffic.scalars, "uplink_bytes": traffic.uplink_bytes,
                "dense_uplink_bytes": traffic.dense_uplink_bytes,
                "downlink_bytes": traffic.downlink_bytes, "mpi_bytes": mpi_bytes,
-               "round_s": time.perf_counter() - start, "comm_s": comm_s, **self.timer.take(),
-               "checkpoint_s": self.checkpoint_hold_s}
-        self.checkpoint_hold_s = 0.0
+               "round_s": time.perf_counter() - start + self.checkpoint_hold_s,
+               "comm_s": comm_s, **self.timer.take(), "checkpoint_s": self._checkpoint_s()}
         self.log.append(row)
         self.progress.update(row, acc)
         return row
 
+    def _checkpoint_s(self) -> float:
+        """Seconds checkpoints held the loop up since the last row: writing the one after the
+        last round, and waiting for a background write to finish before the bank changed."""
+        held = self.checkpoint_hold_s + self.writer.waited_s - self.waited_mark
+        self.checkpoint_hold_s, self.waited_mark = 0.0, self.writer.waited_s
+        return held
+
     def _train_client(self, k: int, rnd: int):
         x, y = self.shards[k]
         update, loss = local_update(self.model, self.theta, x, y, self.spec.clients,
-                                    stream_seed(self.spec.run.seed, k, rnd))
+                                    stream_seed(self.spec.run.seed, k, rnd),
+                                    self.spec.system.precision)
         if not torch.isfinite(update).all():
             raise UserError(f"client {k} produced a non-finite update in round {rnd} "
                             "(training diverged: lower clients.lr or server.lr)")
@@ -142,20 +159,33 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
-    def checkpoint(self):
-        """Collective: write a checkpoint of this round (root); return its path on the root."""
+    def checkpoint(self, background: bool = False):
+        """Collective: write a checkpoint of this round (root); return its path on the root.
+
+        In the background, the root writes while training goes on (the bank waits for it before
+        it changes); otherwise every rank returns once the file is in place."""
         from lbgm_mpi.checkpoint.state import save
+        waited = self.writer.waited_s
         start = time.perf_counter()
-        saved = save(self, self.checkpoint_dir)
-        # no rank may run ahead (or exit, which makes mpirun end the job) before the file is in
-        # place
-        self.comm.barrier()
-        self.checkpoint_hold_s += time.perf_counter() - start
-        if saved is None:
-            return None
-        path, size, seconds = saved
-        self.progress.note(f"checkpoint {path.name}: {human_bytes(size)} in {seconds:.2f} s")
+        self.writer.wait()  # one checkpoint at a time
+        path = save(self, self.checkpoint_dir, self.writer if background else None)
+        if not background:
+            # no rank may exit (which makes mpirun end the job) before the file is in place
+            self.comm.barrier()
+        self.checkpoint_hold_s += time.perf_counter() - start - (self.writer.waited_s - waited)
         return path
+
+    def resources(self) -> dict:
+        """Collective: peak host and device memory of every rank, and the bank's bytes."""
+        peaks = self.comm.control_gather_ints([host_peak_bytes(),
+                                               device_peak_bytes(self.device)])
+        bank = self.exchange.bank
+        node_rank, node_size = self.comm.node_rank_and_size()
+        per_node = 0 if bank is None else bank.nbytes * (1 if bank.shared else node_size)
+        return {"peak_host_bytes_by_rank": [p[0] for p in peaks],
+                "peak_device_bytes_by_rank": [p[1] for p in peaks],
+                "bank": self.spec.system.bank if bank is not None else None,
+                "bank_bytes_per_node": per_node, "ranks_per_node": node_size}
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint at ``path`` (every rank reads it; they must agree)."""
@@ -184,7 +214,8 @@ class Trainer:
             if self.stop_agreed:
                 raise Preempted(self.round, self.checkpoint())
             if every and self.round % every == 0 and self.round < self.spec.run.rounds:
-                self.checkpoint()
+                self.checkpoint(background=True)
         self.checkpoint()
         by_rank = self.comm.control_gather_int(self.comm.bytes_sent - self.bytes_at_start)
-        return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank})
+        return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank,
+                                                        **self.resources()})
