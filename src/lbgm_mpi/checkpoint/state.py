@@ -74,6 +74,8 @@ def capture(trainer) -> dict[str, np.ndarray] | None:
               "metrics_json": _json_array(trainer.log.rows),
               "partition/indices": np.concatenate(trainer.parts),
               "partition/counts": np.array([len(p) for p in trainer.parts], dtype=np.int64)}
+    for name, value in trainer.exchange.server_state().items():
+        arrays[f"exchange/{name}"] = value.detach().cpu().numpy().copy()
     bank = trainer.exchange.bank
     if bank is not None:
         rows = bank.rows if bank.rows.dtype != torch.bfloat16 else bank.rows.view(torch.int16)
@@ -182,6 +184,9 @@ def restore(trainer, path: Path) -> None:
     trainer.server.velocity.copy_(torch.from_numpy(arrays["server/velocity"]))
     _restore_bank(trainer, arrays)
     _restore_clients(trainer, arrays)
+    trainer.exchange.load_server_state(
+        {name.split("/", 1)[1]: torch.from_numpy(np.array(value))
+         for name, value in arrays.items() if name.startswith("exchange/")})
     trainer.round = int(attrs["round"])
     trainer.log.restore(json.loads(arrays["metrics_json"].tobytes().decode()))
 

@@ -90,6 +90,16 @@ class Exchange:
             raise ValueError(f"client {k}: this run has no compressor, but the state to load "
                              f"holds {sorted(state)}: state from another configuration?")
 
+    def server_state(self) -> dict[str, torch.Tensor]:
+        """Replicated state of the exchange's own that a checkpoint must keep (none here)."""
+        return {}
+
+    def load_server_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace what ``server_state`` returned with a copy of ``state``."""
+        if state:
+            raise ValueError(f"this exchange keeps no state, but the checkpoint holds "
+                             f"{sorted(state)}: a checkpoint of another algorithm?")
+
     def _check_local(self, k: int) -> None:
         if k not in self.topo.local_clients:
             raise ValueError(f"client {k} is not hosted on rank {self.topo.rank}")
