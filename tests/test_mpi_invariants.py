@@ -4,18 +4,21 @@
 - FedAvg's do not either, up to float32 summation order (one test example, 1e-4 in loss);
 - threshold 0 reproduces FedAvg;
 - bytes reported equal bytes handed to MPI, and follow the protocol's formula;
-- a high threshold hands >= 90% fewer bytes to MPI than FedAvg.
+- a high threshold hands >= 90% fewer bytes to MPI than FedAvg;
+- one bank per node (system.bank = "shared") and payloads moved in many small MPI messages give
+  the same metrics, bit for bit, as a bank per rank and one message per collective.
 """
 
 import pytest
 
-from conftest import FAST, RANKS, lbgm, read_metrics, read_summary
+from conftest import FAST, RANKS, lbgm, read_metrics, read_summary, without_timing
 
 DETERMINISTIC = ("round", "test_acc", "test_loss", "train_loss", "participants", "refreshes",
                  "scalars", "uplink_bytes", "dense_uplink_bytes")
 RECORD_BYTES_MODEL = 4 + 4 + 8 + 1 + 4   # client id, loss, payload size, 1 flag, 1 rho
 PARTIAL = ["--set", "clients.count=6", "--set", "clients.per_round=4",
            "--set", "algo.granularity=layer", "--set", "algo.threshold=0.5"]
+SHARED_SMALL = ["--set", "system.bank=shared", "--set", "system.max_message_bytes=4096"]
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,8 @@ def runs(tmp_path_factory):
              "--out", str(base / "lbgm0"), "--quiet")
         lbgm(np_, "train", "configs/default.toml", *FAST, *PARTIAL,
              "--out", str(base / "layer"), "--quiet")
+        lbgm(np_, "train", "configs/default.toml", *FAST, *PARTIAL, *SHARED_SMALL,
+             "--out", str(base / "layer-shared"), "--quiet")
         out[np_] = base
     return out
 
@@ -45,6 +50,19 @@ def test_lbgm_does_not_depend_on_rank_count(runs, method, np_):
     reference = _columns(read_metrics(runs[1] / method))
     assert _columns(read_metrics(runs[np_] / method)) == reference
     assert sum(r["scalars"] for r in reference) > 0, "the run never sent a scalar"
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("np_", RANKS)
+def test_shared_bank_and_small_messages_change_nothing(runs, np_):
+    """Bit for bit: the bank's rows and the aggregate's columns are split among the node's
+    ranks, and the refreshes reach them in 4 KiB steps."""
+    got = read_metrics(runs[np_] / "layer-shared")
+    assert without_timing(got) == without_timing(read_metrics(runs[1] / "layer"))
+    summary = read_summary(runs[np_] / "layer-shared")
+    assert summary["bank"] == "shared"
+    assert summary["bank_bytes_per_node"] == 6 * 4 * summary["num_params"]
+    assert max(r["mpi_bytes"] for r in got) > 4096, "the job never needed a second step"
 
 
 @pytest.mark.mpi
