@@ -21,7 +21,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from mpi4py import MPI
+
+# Open MPI: the node-shared bank needs only shared-memory windows (osc/sm); without this, osc/ucx
+# is tried first and prints an error on machines without UCX devices. A user's setting wins.
+os.environ.setdefault("OMPI_MCA_osc", "sm")
+from mpi4py import MPI  # noqa: E402  (MPI reads the variable when it starts)
 
 from lbgm_mpi.comm.chunking import check_limit, displacements, element_chunks, gather_steps
 from lbgm_mpi.errors import UserError
@@ -231,8 +235,8 @@ class Comm:
         return sum(self.control_gather_int(int(self.node.rank == 0)))
 
     def shared_memory(self, nbytes: int, what: str):
-        """``nbytes`` new zeroed bytes shared by the ranks of this node (collective over the
-        node); ``what`` names their use in the error if they cannot be had."""
+        """``nbytes`` new bytes shared by the ranks of this node, of undefined value (collective
+        over the node); ``what`` names their use in the error if they cannot be had."""
         from lbgm_mpi.comm.shared import SharedMemory
         return SharedMemory(self.node._comm, nbytes, what)
 

@@ -12,7 +12,8 @@ from lbgm_mpi.errors import UserError
 
 
 class SharedMemory:
-    """``nbytes`` zeroed bytes shared by the ranks of ``node_comm`` (collective over it)."""
+    """``nbytes`` bytes shared by the ranks of ``node_comm`` (collective over it). MPI does not
+    promise their values: the users zero what they own (so that no rank touches every page)."""
 
     def __init__(self, node_comm: MPI.Comm, nbytes: int, what: str):
         self._comm = node_comm
@@ -26,10 +27,7 @@ class SharedMemory:
                             "(system.bank = \"replicated\")") from None
         memory, _ = self._win.Shared_query(0)
         self._bytes = np.ndarray(nbytes, dtype=np.uint8, buffer=memory)
-        if node_comm.Get_rank() == 0:
-            self._bytes.fill(0)
         self._win.Lock_all(MPI.MODE_NOCHECK)  # one passive epoch for the window's whole life
-        self.sync()
 
     def view(self, offset: int, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A NumPy array of ``shape`` and ``dtype`` over the bytes from ``offset`` on."""

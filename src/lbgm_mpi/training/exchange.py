@@ -447,6 +447,10 @@ def make_bank(spec, comm, topology, bounds, kernels, device):
     node = Node(comm.node.rank, comm.node.size, memory.sync)  # keeps the window alive
     bank = LookbackBank(rows, spec.clients.count, bounds, m, topology.local_clients,
                         _float32_project(TorchKernels()), node)
+    lo, hi = bank.columns  # each rank zeroes what it owns: no rank touches every page
+    rows[:, lo:hi].zero_()
+    delta[lo:hi].zero_()
+    memory.sync()
     return bank, delta
 
 

@@ -17,7 +17,8 @@ from lbgm_mpi.topology import choose_device, make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
 from lbgm_mpi.training.phases import PhaseTimer
-from lbgm_mpi.training.resources import device_peak_bytes, host_peak_bytes, set_precision
+from lbgm_mpi.training.resources import (device_peak_bytes, host_peak_bytes, host_shared_bytes,
+                                         set_precision)
 from lbgm_mpi.training.runlog import Progress, RunLog
 from lbgm_mpi.training.signals import Preempted, StopFlag
 
@@ -177,13 +178,14 @@ class Trainer:
 
     def resources(self) -> dict:
         """Collective: peak host and device memory of every rank, and the bank's bytes."""
-        peaks = self.comm.control_gather_ints([host_peak_bytes(),
+        peaks = self.comm.control_gather_ints([host_peak_bytes(), host_shared_bytes(),
                                                device_peak_bytes(self.device)])
         bank = self.exchange.bank
         node_rank, node_size = self.comm.node_rank_and_size()
         per_node = 0 if bank is None else bank.nbytes * (1 if bank.shared else node_size)
         return {"peak_host_bytes_by_rank": [p[0] for p in peaks],
-                "peak_device_bytes_by_rank": [p[1] for p in peaks],
+                "shared_host_bytes_by_rank": [p[1] for p in peaks],
+                "peak_device_bytes_by_rank": [p[2] for p in peaks],
                 "bank": self.spec.system.bank if bank is not None else None,
                 "bank_bytes_per_node": per_node, "ranks_per_node": node_size}
 

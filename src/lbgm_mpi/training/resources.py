@@ -5,17 +5,29 @@ import resource
 import torch
 
 
-def host_peak_bytes() -> int:
-    """Peak resident memory of this process in bytes (VmHWM: private memory plus the pages of
-    shared memory it touched)."""
+def _status(field: str) -> int | None:
+    """A memory figure of /proc/self/status in bytes (None where there is no /proc)."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux counts in KiB
+    return None
+
+
+def host_peak_bytes() -> int:
+    """Peak resident memory of this process in bytes (VmHWM: private memory plus the pages of
+    shared memory it touched)."""
+    peak = _status("VmHWM")
+    return peak if peak is not None else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux counts in KiB
+
+
+def host_shared_bytes() -> int:
+    """Resident pages of node-shared memory this process has touched so far (RssShmem)."""
+    return _status("RssShmem") or 0
 
 
 def device_peak_bytes(device: torch.device) -> int:
