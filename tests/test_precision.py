@@ -1,0 +1,25 @@
+"""system.precision: bf16 autocast in local training keeps the default job's accuracy within one
+point of fp32 (updates, the decision and the aggregate stay float32/float64). The default job is
+non-IID and its accuracy swings by a few points from round to round, so the comparison uses the
+best accuracy and the mean of the last 5 rounds, not the single last round."""
+
+import pytest
+
+from conftest import lbgm, read_metrics, read_summary
+
+
+def _last5(run_dir) -> float:
+    accs = [r["test_acc"] for r in read_metrics(run_dir) if r["test_acc"] is not None]
+    return sum(accs[-5:]) / 5
+
+
+@pytest.mark.mpi
+def test_bf16_local_training_lands_within_one_point_of_fp32(tmp_path):
+    for precision in ("fp32", "bf16"):
+        lbgm(4, "train", "configs/default.toml", "--set", f"system.precision={precision}",
+             "--out", str(tmp_path / precision), "--quiet", timeout=300)
+    fp32, bf16 = read_summary(tmp_path / "fp32"), read_summary(tmp_path / "bf16")
+    assert abs(fp32["best_acc"] - bf16["best_acc"]) <= 0.01
+    assert abs(_last5(tmp_path / "fp32") - _last5(tmp_path / "bf16")) <= 0.01
+    assert fp32["total_uplink_bytes"] != bf16["total_uplink_bytes"], \
+        "bf16 changed nothing: is autocast on?"
