@@ -236,7 +236,8 @@ def bench_aggregation(kernels, args, env, copy_gbs) -> list[dict]:
 
 
 def aggregate_configs(kernels, args, n_rows, d, dtype_name, copies, copy_gbs) -> list[dict]:
-    """One bank, read through consecutive rows (cuBLAS for float32) and shuffled rows (kernel)."""
+    """One bank, read through consecutive rows and shuffled rows by the aggregation kernel, and
+    consecutive float32 rows by cuBLAS sgemv too: the faster path should be the default."""
     dtype = BANK_DTYPES[dtype_name]
     gen = torch.Generator(device="cuda").manual_seed(n_rows * d)
     banks = [torch.empty(n_rows, d, dtype=dtype, device="cuda") for _ in range(copies)]
@@ -247,8 +248,12 @@ def aggregate_configs(kernels, args, n_rows, d, dtype_name, copies, copy_gbs) ->
     coefs = torch.randn(n_rows, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
     out = torch.empty(d, device="cuda")
     results = []
-    for selection, picked in (("consecutive", torch.arange(n_rows)),
-                              ("shuffled", torch.randperm(n_rows, generator=torch.Generator()))):
+    paths = [("kernel", kernels, "consecutive", torch.arange(n_rows)),
+             ("kernel", kernels, "shuffled", torch.randperm(n_rows, generator=torch.Generator()))]
+    if dtype == torch.float32:
+        paths.append(("cublas", CupyKernels(prefer_cublas=True), "consecutive",
+                      torch.arange(n_rows)))
+    for path, kernels, selection, picked in paths:
         kernels.aggregate_into(banks[0], picked, coefs, bounds, out)
         error = aggregate_error(out, banks[0], picked, coefs, bounds)
         if not error < 1e-5:
@@ -257,7 +262,6 @@ def aggregate_configs(kernels, args, n_rows, d, dtype_name, copies, copy_gbs) ->
         ms = time_calls(lambda i, picked=picked: kernels.aggregate_into(
             banks[i % copies], picked, coefs, bounds, out), args.repeats, args.warmup)
         gbs = n_rows * d * dtype.itemsize / ms / 1e6
-        path = "cublas" if CupyKernels.uses_cublas(banks[0], picked.numpy(), 1) else "kernel"
         results.append({"rows": n_rows, "d": d, "bank_dtype": dtype_name, "selection": selection,
                         "path": path, "copies": copies, "max_rel_error": error, "median_ms": ms,
                         "gb_per_s": gbs, "fraction_of_copy": gbs / copy_gbs,

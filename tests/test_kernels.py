@@ -1,4 +1,4 @@
-"""Kernel back ends against float64 NumPy references, and the device helpers of lbgm_mpi.gpu.
+"""Kernel back ends against float64 references, and the device helpers of lbgm_mpi.gpu.
 
 Run: PYTHONPATH=src python -m pytest tests/test_kernels.py -q
 The CuPy kernels run only where CuPy and a CUDA device are present (-m gpu selects them);
@@ -94,8 +94,10 @@ def _column_steps(bounds: torch.Tensor):
             yield seg, start, min(start + CHUNK, hi)
 
 
-def _host64(t: torch.Tensor) -> np.ndarray:
-    return t.float().cpu().numpy().astype(np.float64)
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 on its own device: the references of GPU inputs run on the GPU, so a
+    vector of 2**31 values is checked in seconds, not minutes on the host."""
+    return t.to(torch.float64)
 
 
 def project_reference(g, b, bounds):
@@ -103,31 +105,31 @@ def project_reference(g, b, bounds):
     n = len(bounds) - 1
     dots, gnorms, scale = np.zeros(n), np.zeros(n), np.zeros(n)
     for seg, lo, hi in _column_steps(bounds):
-        g64, b64 = _host64(g[lo:hi]), _host64(b[lo:hi])
-        dots[seg] += g64 @ b64
-        gnorms[seg] += g64 @ g64
-        scale[seg] += np.abs(g64 * b64).sum()
+        g64, b64 = _f64(g[lo:hi]), _f64(b[lo:hi])
+        dots[seg] += float(g64 @ b64)
+        gnorms[seg] += float(g64 @ g64)
+        scale[seg] += float((g64 * b64).abs().sum())
     return dots, gnorms, scale
 
 
 def aggregate_reference_steps(bank, rows, coefs, bounds):
-    """Yields (start, end, delta, scale) over the columns: the float64 weighted row sum and
-    sum_i |coef_i * bank_ij|, its error scale."""
+    """Yields (start, end, delta, scale) over the columns, as float64 tensors on the bank's
+    device: the weighted row sum and sum_i |coef_i * bank_ij|, its error scale."""
     picked = rows.to(bank.device)
     for seg, lo, hi in _column_steps(bounds):
-        block = _host64(bank[:, lo:hi].index_select(0, picked))
-        weights = coefs[:, seg].numpy()
-        yield lo, hi, weights @ block, np.abs(weights) @ np.abs(block)
+        block = _f64(bank[:, lo:hi].index_select(0, picked))
+        weights = coefs[:, seg].to(device=bank.device, dtype=torch.float64)
+        yield lo, hi, weights @ block, weights.abs() @ block.abs()
 
 
 def aggregate_error(out, bank, rows, coefs, bounds) -> float:
     """max_j |out_j - delta_j| / scale_j against the float64 reference; NaN anywhere gives inf."""
     worst = 0.0
     for lo, hi, delta, scale in aggregate_reference_steps(bank, rows, coefs, bounds):
-        got = _host64(out[lo:hi])
-        if not np.all(np.isfinite(got)):
+        got = _f64(out[lo:hi])
+        if not bool(torch.isfinite(got).all()):
             return float("inf")
-        worst = max(worst, float(np.max(np.abs(got - delta) / scale)))
+        worst = max(worst, float(((got - delta).abs() / scale).max()))
     return worst
 
 
@@ -146,9 +148,9 @@ def assert_aggregate_close(out, bank, bank32, rows, coefs, bounds):
     assert out.device == bank.device
     assert aggregate_error(out, bank, rows, coefs, bounds) < 1e-5
     if bank.dtype == torch.bfloat16:
-        steps = list(aggregate_reference_steps(bank32, rows, coefs, bounds))
-        ref = np.concatenate([delta for _, _, delta, _ in steps])
-        assert np.linalg.norm(_host64(out) - ref) < 1e-2 * np.linalg.norm(ref)
+        steps = list(aggregate_reference_steps(bank32.to(bank.device), rows, coefs, bounds))
+        ref = torch.cat([delta for _, _, delta, _ in steps])
+        assert float(torch.linalg.norm(_f64(out) - ref)) < 1e-2 * float(torch.linalg.norm(ref))
 
 
 # ------------------------------------------------------------------- reference back end (CPU)

@@ -129,6 +129,9 @@ def test_a_node_rank_writes_only_its_columns():
     assert column_slice(d, 0, 2) == (0, 128) and column_slice(d, 1, 2) == (128, 200)
     bank = _bank(clients=1, bounds=(0, 150, d), local=(), node=Node(rank=1, size=2))
     bank.write(0, 1, torch.arange(50, dtype=torch.float64) + 1.0)
+    bank.write_at(0, 100, torch.full((60,), -1.0, dtype=torch.float64))  # straddles the slices
+    assert bank.rows[0, :128].eq(0).all() and bank.rows[0, 128:160].eq(-1).all()
+    bank.write(0, 1, torch.arange(50, dtype=torch.float64) + 1.0)
     assert bank.rows[0, :128].eq(0).all() and bank.rows[0, 150:].tolist() == list(range(1, 51))
 
 

@@ -91,32 +91,49 @@ class LookbackBank:
             self.guard()
         self.node.sync()
 
-    def destination(self, client: int, segment: int) -> tuple[int, int, int]:
-        """(row, lo, hi): where a refresh of ``segment`` of ``client`` goes this round, clipped to
-        this rank's columns (lo == hi when it owns none of them)."""
-        row = client * self.lookback + int(self.cursor[client, segment])
-        lo, hi = int(self.bounds[segment]), int(self.bounds[segment + 1])
-        return row, max(lo, self.columns[0]), min(hi, self.columns[1])
+    def slot_for(self, client: int, segment: int) -> int:
+        """The row a refresh of ``segment`` of ``client`` goes to this round (the oldest slot)."""
+        return client * self.lookback + int(self.cursor[client, segment])
 
-    def write(self, client: int, segment: int, values: torch.Tensor, first: int = 0) -> None:
-        """Store ``values`` (float32) at offset ``first`` of ``segment`` of this round's slot of
-        ``client``, keeping only what lies in this rank's columns (in place)."""
-        row, lo, hi = self.destination(client, segment)
-        start = int(self.bounds[segment]) + first
-        a, b = max(lo, start), min(hi, start + values.numel())
+    def write_at(self, row: int, start: int, values: torch.Tensor) -> None:
+        """Store ``values`` at columns [start, start + len) of ``row``, keeping only what lies in
+        this rank's columns (in place; ``values`` may be on another device)."""
+        a, b = max(self.columns[0], start), min(self.columns[1], start + values.numel())
         if a < b:
             self.rows[row, a:b].copy_(values[a - start:b - start])
 
-    def end_writes(self, refreshed: dict[int, list[int]]) -> None:
+    def write(self, client: int, segment: int, values: torch.Tensor) -> None:
+        """Store a refresh of ``segment`` of ``client`` (all of the segment's values)."""
+        self.write_at(self.slot_for(client, segment), int(self.bounds[segment]), values)
+
+    def end_writes(self, refreshed: dict[int, list[int]], known=None) -> None:
         """After the writes of a round: publish them to the node, refresh the Gram matrices of
         the local clients that refreshed, and advance the cursors. ``refreshed`` maps every
-        participant that refreshed to its refreshed segments (identical on every rank)."""
+        participant that refreshed to its refreshed segments (identical on every rank).
+
+        ``known`` maps local clients to the (L x m dots with the slots, L norms) their decisions
+        computed from the update itself: where the bank stores that update exactly (float32, no
+        compressor) these are the new Gram entries, bit for bit, and no row is read again."""
         self.node.sync()
         for k, segments in refreshed.items():
             if k in self.gram:
-                self._update_gram(k, segments)
+                if known is not None and k in known:
+                    self._set_gram(k, segments, *known[k])
+                else:
+                    self._update_gram(k, segments)
         for k, segments in refreshed.items():
             self.cursor[k, segments] = (self.cursor[k, segments] + 1) % self.lookback
+
+    def _set_gram(self, k: int, segments: list[int], dots: torch.Tensor,
+                  gnorm2: torch.Tensor) -> None:
+        """Gram entries of the slots just written with the update whose products with the old
+        slots (``dots``, L x m) and norms (``gnorm2``, L) are known."""
+        for s in segments:
+            j = int(self.cursor[k, s])
+            row = dots[s].clone()
+            row[j] = gnorm2[s]
+            self.gram[k][s, j, :] = row
+            self.gram[k][s, :, j] = row
 
     def _update_gram(self, k: int, segments: list[int]) -> None:
         """Recompute row and column ``j`` of client k's Gram matrices for the segments just

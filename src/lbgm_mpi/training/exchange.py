@@ -296,6 +296,9 @@ class LbgmExchange(GatherExchange):
         self.scalar_ok = torch.ones(len(self.sizes), dtype=torch.bool) if scalar_ok is None \
             else scalar_ok
         self.shared_delta = shared_delta
+        # the bank stores refreshes exactly as sent: the decision's products are its Gram entries
+        self.exact = compressors is None and bank.rows.dtype == torch.float32
+        self.known = {}  # local client -> (L x m dots with its slots, L norms), this round
 
     # ---- the client side ---------------------------------------------------------------------
 
@@ -317,12 +320,13 @@ class LbgmExchange(GatherExchange):
         bank, usable = self.bank, self.bank.valid(k) & self.scalar_ok[:, None]
         projections = [self.kernels.project(g, self._slot(k, j), self.bounds)
                        for j in range(self.lookback)]
-        gnorm2 = projections[0][1]
+        dots, gnorm2 = torch.stack([p[0] for p in projections], dim=1), projections[0][1]
+        if self.exact:
+            self.known[k] = (dots, gnorm2)
         # updates are checked for finite values where they are made (Trainer._train_client)
         if self.lookback == 1:
-            dec = decide(projections[0][0], gnorm2, bank.norm2(k)[:, 0], usable[:, 0], threshold)
+            dec = decide(dots[:, 0], gnorm2, bank.norm2(k)[:, 0], usable[:, 0], threshold)
         else:
-            dots = torch.stack([p[0] for p in projections], dim=1)
             dec = decide_span(dots, gnorm2, bank.gram[k], usable, threshold)
         record["refresh"] = dec.refresh.numpy()
         record["rho"] = dec.rho.numpy()
@@ -358,21 +362,36 @@ class LbgmExchange(GatherExchange):
                         self.bank.write(k, 0, self.compressors.decompress(payload))
         with self.timer("bank"):
             self.bank.end_writes({int(r["client"]): np.flatnonzero(r["refresh"]).tolist()
-                                  for r in got if r["refresh"].any()})
+                                  for r in got if r["refresh"].any()}, self.known)
+        self.known = {}
         return coefficients
 
     def _write_raw(self, got, per_rank, pieces, counts) -> None:
         """Gather the refreshed segments straight into the bank rows (this rank's columns)."""
-        layout = PayloadMap([[((int(r["client"]), s), FLOAT_BYTES * self.sizes[s])
-                              for r in group for s in np.flatnonzero(r["refresh"]).tolist()]
+        layout = PayloadMap([[part for r in group for part in self._runs(r)]
                              for group in self._by_rank(got, per_rank)])
 
         def write(rank, offset, data):
             with self.timer("bank"):
-                for (client, seg), at, part in layout.split(rank, offset, data):
-                    self.bank.write(client, seg, part.view(torch.float32), at // FLOAT_BYTES)
+                for (row, start), at, part in layout.split(rank, offset, data):
+                    self.bank.write_at(row, start + at // FLOAT_BYTES, part.view(torch.float32))
 
         self.comm.allgatherv_stream(pieces, counts, write)
+
+    def _runs(self, record) -> list[tuple[tuple[int, int], int]]:
+        """A record's refreshed segments as ((bank row, first column), payload bytes) runs:
+        consecutive segments bound for the same row are one run, so a client that refreshes
+        everything is written with one copy, not one per tensor."""
+        k, runs = int(record["client"]), []
+        for s in np.flatnonzero(record["refresh"]).tolist():
+            row, start, nbytes = self.bank.slot_for(k, s), int(self.bounds[s]), \
+                FLOAT_BYTES * self.sizes[s]
+            if runs and runs[-1][0][0] == row and runs[-1][0][1] + runs[-1][1] // FLOAT_BYTES \
+                    == start:
+                runs[-1] = (runs[-1][0], runs[-1][1] + nbytes)
+            else:
+                runs.append(((row, start), nbytes))
+        return runs
 
     def _coefficients(self, got, weights):
         """(bank rows, L-column float64 coefficients) of the aggregate, rows in client order:
