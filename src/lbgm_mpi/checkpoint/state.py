@@ -87,34 +87,53 @@ def capture(trainer) -> dict[str, np.ndarray] | None:
 
 
 class BackgroundWriter:
-    """Writes one checkpoint at a time in a thread; ``wait`` returns once it is on disk and
-    raises, in the caller's thread, whatever the writing raised."""
+    """Writes one checkpoint at a time in a thread. ``wait_data`` returns once the writer no
+    longer reads the live bank (its rows are in the file, which may still be syncing to disk);
+    ``wait`` once the file is in place; both raise, in the caller's thread, whatever the writing
+    raised."""
 
     def __init__(self):
         self._thread = None
         self._error = None
-        self.waited_s = 0.0  # seconds callers spent in ``wait`` while a write was running
+        self._data = threading.Event()
+        self._data.set()
+        self.waited_s = 0.0  # seconds callers spent waiting for a running write
 
     def start(self, write) -> None:
-        """Run ``write()`` in the background (after the previous write has finished)."""
+        """Run ``write(data_written)`` in the background (after the previous write has finished);
+        ``write`` calls ``data_written()`` once it has read everything it writes."""
         self.wait()
+        self._data.clear()
 
         def run():
             try:
-                write()
+                write(self._data.set)
             except BaseException as err:  # handed to the training thread by wait()
                 self._error = err
+            finally:
+                self._data.set()
 
         self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=True)
         self._thread.start()
 
+    def wait_data(self) -> None:
+        """Block until the running write, if any, has read all its data."""
+        if not self._data.is_set():
+            start = time.perf_counter()
+            self._data.wait()
+            self.waited_s += time.perf_counter() - start
+        self._raise()
+
     def wait(self) -> None:
-        """Block until no write is running; re-raise its error, if any."""
+        """Block until no write is running."""
         if self._thread is not None:
             start = time.perf_counter()
             self._thread.join()
             self.waited_s += time.perf_counter() - start
             self._thread = None
+        self._raise()
+
+    def _raise(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -135,9 +154,9 @@ def save(trainer, folder: Path, writer: BackgroundWriter | None = None):
              "num_params": trainer.num_params, "ranks": trainer.comm.size}
     keep = trainer.spec.run.keep_checkpoints
 
-    def write():
+    def write(data_written=None):
         start = time.perf_counter()
-        size = write_checkpoint(path, arrays, attrs)
+        size = write_checkpoint(path, arrays, attrs, data_written=data_written)
         prune_checkpoints(folder, keep)
         trainer.progress.note(f"checkpoint {path.name}: {human_bytes(size)} in "
                               f"{time.perf_counter() - start:.2f} s")

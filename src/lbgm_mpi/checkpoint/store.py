@@ -40,12 +40,14 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
 
 
 def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
-                     before_rename=None) -> int:
+                     before_rename=None, data_written=None) -> int:
     """Write ``arrays`` and ``attrs`` to ``path`` atomically; return the file size in bytes.
 
     The data go to a temporary file in the same folder, which is flushed and fsync'ed, then renamed
-    over ``path``: a crash at any point leaves the previous file intact. ``before_rename`` is
-    called just before the rename (tests use it to kill the process there)."""
+    over ``path``: a crash at any point leaves the previous file intact. ``data_written`` is called
+    once every array has been read and handed to the file (the caller may change them from then
+    on, while the file is synced); ``before_rename`` just before the rename (tests use it to kill
+    the process there)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with h5py.File(tmp, "w") as f:
@@ -61,6 +63,8 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["checksum"] = checksum(arrays)
         f.flush()
+        if data_written is not None:
+            data_written()
         os.fsync(f.id.get_vfd_handle())
     if before_rename is not None:
         before_rename(tmp)

@@ -67,7 +67,7 @@ class Trainer:
         self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device, self.timer)
         self.writer = BackgroundWriter()
         if self.exchange.bank is not None:  # the bank changes only once a checkpoint is written
-            self.exchange.bank.guard = self.writer.wait
+            self.exchange.bank.guard = self.writer.wait_data
         self.round = 0
         self.checkpoint_hold_s = 0.0  # loop time the checkpoint after the last round took
         self.waited_mark = 0.0  # writer.waited_s when the last metrics row was made
