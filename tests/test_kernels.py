@@ -175,6 +175,19 @@ def test_torch_aggregate_matches_float64(d, n_segments, selection, bank_dtype):
     assert_aggregate_close(out, bank, bank32, rows, coefs, bounds)
 
 
+@pytest.mark.parametrize("bank_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d,n_segments", [(7, 3), (100003, 2), (100003, 62), (300001, 5)])
+def test_torch_aggregate_of_a_column_slice_is_the_same_bits(d, n_segments, bank_dtype):
+    """What the node-shared bank relies on: each rank sums its own columns, and together the
+    slices are bit for bit the sum over all columns, wherever the slices are cut."""
+    bank, _, rows, coefs, bounds = make_bank_inputs(d, n_segments, "scattered", bank_dtype,
+                                                    seed=d + n_segments)
+    whole = TorchKernels().aggregate(bank, rows, coefs, bounds)
+    for lo, hi in ((0, d // 3), (d // 3, d), (1, d - 1), (d // 2, d // 2 + 1)):
+        part = TorchKernels().aggregate(bank[:, lo:hi], rows, coefs, bounds.clamp(lo, hi) - lo)
+        assert torch.equal(part, whole[lo:hi]), (lo, hi)
+
+
 @pytest.mark.parametrize("d,n_segments", LAYOUTS + [(10**9, 62)])
 def test_chunk_layout_tiles_each_segment(d, n_segments):
     """The CuPy kernels' work split (pure NumPy): chunks cover [0, d) in order, once, and

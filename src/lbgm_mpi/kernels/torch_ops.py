@@ -5,6 +5,8 @@ import bisect
 import torch
 
 BLOCK = 1 << 20  # values converted to float64 at a time: bounds the projection's scratch memory
+AGGREGATE_BLOCK = 1 << 16  # columns summed over every row at a time (256 KB: stays in cache)
+FEW_SEGMENTS = 4  # a block crossing more segments than this scales by a vector, not per segment
 
 
 class TorchKernels:
@@ -38,18 +40,39 @@ class TorchKernels:
 
         Reads the rows in place (no gathered copy), in the given order, one multiply and one add
         per value and row, each rounded once: every output value depends only on its own column,
-        so summing a slice of the columns gives exactly the same bits as summing all of them."""
+        so summing a slice of the columns gives exactly the same bits as summing all of them.
+        Works through blocks of columns that stay in cache while every row passes over them."""
         out = torch.zeros(bank.shape[1], dtype=torch.float32, device=bank.device)
-        tmp = torch.empty_like(out)
+        tmp = torch.empty(min(AGGREGATE_BLOCK, bank.shape[1]), dtype=torch.float32,
+                          device=bank.device)
         scales = coefs.to(torch.float32)
-        sizes = torch.diff(bounds).to(bank.device)
-        for i, r in enumerate(rows.tolist()):
-            scale = (scales[i, 0].item() if len(sizes) == 1 else
-                     torch.repeat_interleave(scales[i].to(bank.device), sizes))
-            if bank.dtype == torch.float32:
-                torch.mul(bank[r], scale, out=tmp)
-            else:  # widen first: the product must be a float32 one, rounded once
-                tmp.copy_(bank[r])
-                tmp.mul_(scale)
-            out.add_(tmp)
+        picked = rows.tolist()
+        edges = bounds.tolist()
+        for lo in range(0, bank.shape[1], AGGREGATE_BLOCK):
+            hi = min(lo + AGGREGATE_BLOCK, bank.shape[1])
+            pieces = _block_pieces(scales, edges, lo, hi, bank.device)
+            for i, r in enumerate(picked):
+                for a, z, scale in pieces:
+                    part = tmp[:z - a]
+                    if bank.dtype == torch.float32:
+                        torch.mul(bank[r, a:z], scale[i], out=part)
+                    else:  # widen first: the product must be a float32 one, rounded once
+                        part.copy_(bank[r, a:z])
+                        part.mul_(scale[i])
+                    out[a:z].add_(part)
         return out
+
+
+def _block_pieces(scales: torch.Tensor, edges: list[int], lo: int, hi: int, device):
+    """Column ranges [a, z) covering [lo, hi), each with its scale per row: a float where the
+    range lies in one segment (a block crossing a few segments is cut at their edges), else a
+    vector of z - a float32 values on ``device`` (a block crossing many small segments)."""
+    first = bisect.bisect_right(edges, lo) - 1
+    last = bisect.bisect_left(edges, hi) - 1
+    cuts = [(max(edges[s], lo), min(edges[s + 1], hi), s) for s in range(first, last + 1)]
+    cuts = [(a, z, s) for a, z, s in cuts if a < z]
+    if len(cuts) <= FEW_SEGMENTS:
+        return [(a, z, scales[:, s].tolist()) for a, z, s in cuts]
+    lengths = torch.tensor([z - a for a, z, _ in cuts])
+    vectors = torch.repeat_interleave(scales[:, [s for _, _, s in cuts]], lengths, dim=1)
+    return [(lo, hi, vectors.to(device))]
