@@ -32,6 +32,7 @@ HEADER_BYTES = 512  # the smallest HDF5 user block
 CHECKPOINT_RE = re.compile(r"^round-(\d{6,})\.h5$")
 COMPRESS_MIN_BYTES = 1 << 20
 READ_CHUNK = 1 << 22
+HDF5_BYTES_PER_DATASET = 4096  # a generous bound on HDF5's metadata for one dataset
 
 
 class CheckpointError(UserError):
@@ -48,6 +49,7 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
     ``before_rename`` is called just before the rename (tests use it to kill the process there)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _check_room(path, arrays)
     try:
         with h5py.File(tmp, "w", libver="latest", userblock_size=HEADER_BYTES) as f:
             for name, array in arrays.items():
@@ -55,9 +57,10 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
             for key, value in attrs.items():
                 f.attrs[key] = json.dumps(value)
         _seal(tmp)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # h5py reports a failed write as either
         tmp.unlink(missing_ok=True)
-        why = "the disk is full" if err.errno == errno.ENOSPC else _first_line(err)
+        full = getattr(err, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(err)
+        why = "the disk is full" if full else _first_line(err)
         raise CheckpointError(f"cannot write checkpoint {path}: {why}; the checkpoints already "
                               f"in {path.parent} are intact") from None
     if before_rename is not None:
@@ -65,6 +68,19 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path.stat().st_size
+
+
+def _check_room(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a write that the free space of ``path``'s file system cannot hold.
+
+    Checked first because HDF5 reports some failed writes while it frees objects, which Python
+    passes to sys.excepthook, and the one that the CLI installs aborts the whole MPI job."""
+    need = sum(a.nbytes for a in arrays.values()) + HDF5_BYTES_PER_DATASET * (len(arrays) + 16)
+    st = os.statvfs(path.parent)
+    if st.f_bavail * st.f_frsize < need:
+        raise CheckpointError(f"cannot write checkpoint {path}: the disk is full "
+                              f"({st.f_bavail * st.f_frsize} bytes free, about {need} needed); "
+                              f"the checkpoints already in {path.parent} are intact")
 
 
 def _write_array(f: h5py.File, name: str, array: np.ndarray) -> None:
@@ -135,8 +151,9 @@ def verify_checkpoint(path: Path) -> None:
         header = _header(f.read(HEADER_BYTES), path)
         digest, size = _digest(f)
     if size != header["size"]:
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, or grown: {size} "
-                              f"bytes, its header says {header['size']})")
+        raise CheckpointError(f"checkpoint {path} cannot be read: it was truncated or changed "
+                              f"after it was written ({size} bytes, its header says "
+                              f"{header['size']})")
     if digest != header["blake2b"]:
         raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
 

@@ -71,9 +71,14 @@ class RunLock:
                                 "it to end, or choose another --out") from None
             self.unlocked = True
         self.taken_over = self._read()
-        self._write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                "command": " ".join(["lbgm-mpi", *sys.argv[1:]])}))
+        try:
+            self._write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                    "command": " ".join(["lbgm-mpi", *sys.argv[1:]])}))
+        except OSError as err:  # a full disk
+            self._close()
+            raise UserError(f"--out {self.folder}: cannot write {self.path} "
+                            f"({err.strerror})") from None
         return self
 
     def notes(self) -> list[str]:
