@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from lbgm_mpi.analysis.report import human_bytes
+from lbgm_mpi.analysis.report import human_bytes, summarize
 from lbgm_mpi.config import to_toml
 from lbgm_mpi.errors import UserError
 
@@ -69,20 +69,7 @@ class RunLog:
         """Write summary.json from the rounds logged so far (plus ``extra``) and return it."""
         if not self.opened:
             self._open()
-        accs = [r["test_acc"] for r in self.rows if r["test_acc"] is not None]
-        total = lambda key: int(sum(r[key] for r in self.rows))
-        summary = {
-            "label": self.spec.label(), "algo": self.spec.algo.name,
-            "threshold": self.spec.algo.threshold if self.spec.algo.name == "lbgm" else None,
-            "compressor": self.spec.algo.compressor, "num_params": num_params, "rounds": len(self.rows),
-            "final_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
-            "total_uplink_bytes": total("uplink_bytes"),
-            "total_dense_uplink_bytes": total("dense_uplink_bytes"),
-            "total_downlink_bytes": total("downlink_bytes"), "total_mpi_bytes": total("mpi_bytes"),
-            "total_refreshes": total("refreshes"), "total_scalars": total("scalars"),
-            "total_time_s": float(sum(r["round_s"] for r in self.rows)),
-            **extra,
-        }
+        summary = {**summarize(self.rows, self.spec, num_params), **extra}
         if self.active:
             write_file(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
