@@ -44,7 +44,10 @@ class Run:
                "run.checkpoint_minutes", f"{self.checkpoint_minutes} must be a number >= 0 "
                "(0 = no checkpoints by time)")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
-        _check(self.seed >= 0, "run.seed", "must be >= 0")
+        # the seed travels as a signed 64-bit integer (TOML, torch.manual_seed)
+        _check(0 <= self.seed < 2**63, "run.seed", f"{self.seed} is outside 0 .. 2^63 - 1")
+        _check(self.label.isprintable(), "run.label", f"{self.label!r} holds a newline or "
+               "another control character; use printable characters only")
 
 
 DATASETS = ("digits", "mnist1d", "synthetic", "mnist", "fmnist", "cifar10", "cifar100",
@@ -66,7 +69,8 @@ class Data:
         _one_of(self.name, "data.name", DATASETS)
         _one_of(self.partition, "data.partition", ("iid", "shards", "dirichlet"))
         _check(self.classes_per_client >= 1, "data.classes_per_client", "must be >= 1")
-        _check(self.alpha > 0, "data.alpha", "must be > 0")
+        _check(math.isfinite(self.alpha) and self.alpha > 0, "data.alpha",
+               f"{self.alpha} must be a finite number > 0 (smaller is more skewed; try 0.1 to 10)")
         _check(self.synthetic_samples >= 20, "data.synthetic_samples", "must be >= 20")
         _check(self.synthetic_features >= 1, "data.synthetic_features", "must be >= 1")
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
@@ -105,7 +109,8 @@ class Clients:
         _one_of(self.update, "clients.update", ("local", "fedsgd"))
         _check(self.local_epochs >= 1, "clients.local_epochs", "must be >= 1")
         _check(self.batch_size >= 1, "clients.batch_size", "must be >= 1")
-        _check(self.lr > 0, "clients.lr", "must be > 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, "clients.lr",
+               f"{self.lr} must be a finite number > 0")
         _one_of(self.placement, "clients.placement", ("cyclic", "block"))
 
     @property
@@ -258,6 +263,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunSpec:
             tree = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; name a .toml file in it "
+                              "(e.g. configs/default.toml)") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} cannot be read: {err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     for text in overrides:

@@ -106,9 +106,12 @@ def _run_folder(comm, args, out: Path):
 
 
 def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
-    """Construct a Trainer (resumed from a checkpoint if asked); a UserError on any rank ends
-    every rank with one message."""
+    """Check the run (training.preflight), then construct a Trainer (resumed from a checkpoint if
+    asked); a UserError on any rank ends every rank with one message."""
     from lbgm_mpi.training.loop import Trainer
+    from lbgm_mpi.training.preflight import check_run
+    ranks_on_node = comm.node_rank_and_size()[1]
+    on_every_rank(comm, lambda: check_run(spec, comm.size, ranks_on_node), where="rank")
 
     def build():
         trainer = Trainer(spec, comm, out_dir, quiet=quiet, stop=stop)

@@ -20,8 +20,7 @@ def write_file(path: Path, text: str, mode: str = "w") -> None:
             f.write(text)
     except OSError as err:
         why = "the disk is full" if err.errno == errno.ENOSPC else err.strerror or str(err)
-        raise UserError(f"cannot write {path}: {why}; the run stops here, its checkpoints are "
-                        "intact") from None
+        raise UserError(f"cannot write {path}: {why}") from None
 
 
 class RunLog:
