@@ -1,6 +1,7 @@
 """The round loop: draw participants, train them locally, exchange, step the server, log."""
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,8 @@ class Trainer:
         if self.device.type == "cuda":
             how = "directly" if comm.cuda_aware else "through pinned host buffers"
             self.progress.note(f"device {self.device} per rank; device buffers reach MPI {how}")
+        if self.progress.active:
+            self.progress.note(self._startup_line())
 
     def _load_shards(self):
         """Put this rank's clients' samples (and, on the root, the test set) on the device.
@@ -201,3 +204,33 @@ class Trainer:
             "and there is no earlier checkpoint"
         return (f"the global model became non-finite in round {self.round} (training diverged: "
                 f"lower server.lr or clients.lr); it was not checkpointed, {kept}")
+
+    def _startup_line(self) -> str:
+        """What runs where, in one line: ranks, clients per rank, parameters, bank memory,
+        device, MPI library and whether it takes device buffers (CUDA-aware)."""
+        from lbgm_mpi.gpu import cuda_aware_mpi
+        hosted = Counter(self.topo.host).values()
+        low, high = min(hosted), max(hosted)
+        clients = f"{low}" if low == high else f"{low}-{high}"
+        bank = getattr(self.exchange, "bank", None)
+        if bank is None:
+            bank_text = "no look-back bank"
+        else:
+            nbytes = getattr(bank, "nbytes", bank.rows.element_size() * bank.rows.numel())
+            where = "per node" if getattr(bank, "shared", False) else "per rank"
+            bank_text = f"look-back bank {human_bytes(nbytes)} {where}"
+        aware = self.comm.cuda_aware if self.device.type == "cuda" else \
+            cuda_aware_mpi(self.spec.system.cuda_aware_mpi)
+        return (f"{self.comm.size} rank(s), {clients} client(s) per rank of "
+                f"{self.spec.clients.count}, {self.num_params:,} parameters, {bank_text}, "
+                f"device {self.device}, {_mpi_library(self.comm)} "
+                f"({'CUDA-aware' if aware else 'not CUDA-aware'})")
+
+
+def _mpi_library(comm) -> str:
+    """The MPI library's name and version ("Open MPI v5.0.11")."""
+    ask = getattr(comm, "library_version", None)  # Comm.library_version: asked of comm/mpi.py
+    if ask is None:
+        from mpi4py import MPI
+        ask = MPI.Get_library_version
+    return ask().strip().splitlines()[0].split(",")[0]

@@ -81,23 +81,42 @@ def _line(row: dict) -> str:
     return json.dumps(clean, allow_nan=False) + "\n"
 
 
-class Progress:
-    """One status line per few rounds (or a live bar on a terminal) on the root rank."""
+def duration(seconds: float) -> str:
+    """A short duration: "42s", "3m05s", "2h04m"."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def __init__(self, label: str, rounds: int, active: bool, stream=None):
+
+class Progress:
+    """Status lines on the root rank: a live bar on a terminal; elsewhere (a SLURM log) a line
+    every rounds/10 rounds, and at least one every QUIET_S seconds. Each shows the latest
+    accuracy, the uplink saved, the time so far and an estimate of the time left (from this
+    process's rounds)."""
+
+    QUIET_S = 60.0  # the longest a log stays silent while rounds finish
+
+    def __init__(self, label: str, rounds: int, active: bool, stream=None,
+                 clock=time.monotonic):
         self.label = label
         self.rounds = rounds
         self.active = active
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = max(1, rounds // 10)
-        self.start = time.perf_counter()
+        self.clock = clock
+        self.start = self.last_line = clock()
+        self.first = 0  # rounds run before this process started (a resumed run)
         self.uplink = self.dense = 0
 
     def resume(self, rows: list[dict]) -> None:
-        """Start the cumulative figures from the rounds already run."""
+        """Start the cumulative figures, and the time estimate, after the rounds already run."""
         self.uplink = sum(r["uplink_bytes"] for r in rows)
         self.dense = sum(r["dense_uplink_bytes"] for r in rows)
+        self.first = len(rows)
 
     def note(self, text: str) -> None:
         """A one-off line (checkpoint written, resumed from ...)."""
@@ -109,16 +128,25 @@ class Progress:
         """Show round ``row['round']`` with the latest accuracy and cumulative savings."""
         self.uplink += row["uplink_bytes"]
         self.dense += row["dense_uplink_bytes"]
-        rnd = row["round"]
-        if not self.active or not (self.tty or rnd % self.every == 0 or rnd == self.rounds):
+        rnd, now = row["round"], self.clock()
+        due = self.tty or rnd % self.every == 0 or rnd == self.rounds or \
+            now - self.last_line >= self.QUIET_S
+        if not self.active or not due:
             return
+        self.last_line = now
         width = 20
         filled = int(width * rnd / self.rounds)
         saving = 100.0 * (1 - self.uplink / self.dense) if self.dense else 0.0
         acc_text = f"{100 * acc:5.1f}%" if acc is not None else "  n/a"
         line = (f"[{self.label}] |{'#' * filled}{'.' * (width - filled)}| round {rnd}/{self.rounds}"
                 f"  acc {acc_text}  uplink {human_bytes(self.uplink)} ({saving:.0f}% saved)"
-                f"  {time.perf_counter() - self.start:.1f}s")
+                f"  {duration(now - self.start)}{self._left(rnd, now)}")
         end = "\n" if not self.tty or rnd == self.rounds else "\r"
         self.stream.write(line + end)
         self.stream.flush()
+
+    def _left(self, rnd: int, now: float) -> str:
+        done = rnd - self.first
+        if rnd >= self.rounds or done <= 0:
+            return ""
+        return f", ETA {duration((now - self.start) / done * (self.rounds - rnd))}"
