@@ -33,21 +33,24 @@ fi
 oversubscribe=()
 [ "$np" -le "$(nproc)" ] || oversubscribe=(--oversubscribe)
 
-# stdin from /dev/null: mpirun would forward it to rank 0, and a process outside the terminal's
-# foreground group that reads the terminal is stopped (SIGTTIN)
-setsid mpirun -n "$np" "${oversubscribe[@]}" python -m lbgm_mpi "$command" "$@" </dev/null &
-launcher=$!
-caught=0
+caught=0 launcher=""
 # shellcheck disable=SC2317  # run by the traps below
 stop() {
   echo "mpirun-local.sh: SIG$1: the ranks stop after this round, with a checkpoint" >&2
   caught=1
-  kill -USR1 "$launcher" 2>/dev/null || true
+  [ -z "$launcher" ] || kill -USR1 "$launcher" 2>/dev/null || true
 }
 for sig in INT TERM HUP USR1; do
   # shellcheck disable=SC2064  # the signal's name is meant to be expanded now
   trap "stop $sig" "$sig"
 done
+if [ "$caught" = 1 ]; then  # stopped during the set-up: nothing has started, nothing is lost
+  exit 75
+fi
+# stdin from /dev/null: mpirun would forward it to rank 0, and a process outside the terminal's
+# foreground group that reads the terminal is stopped (SIGTTIN)
+setsid mpirun -n "$np" "${oversubscribe[@]}" python -m lbgm_mpi "$command" "$@" </dev/null &
+launcher=$!
 # A trapped signal ends `wait` early (status > 128): wait again for mpirun's own exit status
 # (127 means that status had already been collected).
 status=0

@@ -26,8 +26,9 @@ def write_file(path: Path, text: str, mode: str = "w") -> None:
 class RunLog:
     """Writes config.toml, partition.json, metrics.jsonl and summary.json into ``out_dir``.
 
-    Nothing touches the folder before the first round is logged (so a refused resume leaves it as
-    it was). On non-root ranks nothing is written, so callers need no rank checks."""
+    Nothing but the run's lock (training.runlock) touches the folder before the first round is
+    logged (so a refused resume leaves it as it was). On non-root ranks nothing is written, so
+    callers need no rank checks."""
 
     def __init__(self, out_dir: Path, spec, active: bool, parts, histograms):
         self.out_dir = Path(out_dir)
