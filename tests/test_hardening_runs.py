@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics
+from conftest import FAST, REPO, lbgm, mpi_env, read_metrics
 from lbgm_mpi.checkpoint.store import list_checkpoints, read_checkpoint
 
 TIMING = ("round_s", "comm_s")

@@ -20,8 +20,9 @@ from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_path, list_ch
 
 # Keys that may change on resume: they do not change what a round computes.
 SAFE_KEYS = {"run.rounds", "run.eval_every", "run.check_every", "run.checkpoint_every",
-             "run.checkpoint_minutes", "run.keep_checkpoints", "run.label", "system.threads", "system.device",
-             "system.kernels", "system.cuda_aware_mpi", "system.allow_gpu_sharing"}
+             "run.checkpoint_minutes", "run.keep_checkpoints", "run.label", "system.threads",
+             "system.device", "system.kernels", "system.cuda_aware_mpi",
+             "system.allow_gpu_sharing"}
 
 
 def _json_array(obj) -> np.ndarray:
