@@ -6,6 +6,7 @@ in ``RunSpec.__post_init__``.
 """
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class Run:
     eval_every: int = 1       # evaluate the global model on the test set every N rounds
     check_every: int = 10     # compare a hash of theta across ranks every N rounds (0 = never)
     checkpoint_every: int = 0  # write an HDF5 checkpoint every N rounds (0 = only at the end)
+    checkpoint_minutes: float = 30.0  # and one when N minutes passed since the last (0 = off)
     keep_checkpoints: int = 2  # how many checkpoints to keep in the run folder
     label: str = ""           # name of the run in tables and plots ("" = derived from algo)
 
@@ -38,8 +40,14 @@ class Run:
         _check(self.eval_every >= 1, "run.eval_every", "must be >= 1")
         _check(self.check_every >= 0, "run.check_every", "must be >= 0")
         _check(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
+        _check(math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0,
+               "run.checkpoint_minutes", f"{self.checkpoint_minutes} must be a number >= 0 "
+               "(0 = no checkpoints by time)")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
-        _check(self.seed >= 0, "run.seed", "must be >= 0")
+        # the seed travels as a signed 64-bit integer (TOML, torch.manual_seed)
+        _check(0 <= self.seed < 2**63, "run.seed", f"{self.seed} is outside 0 .. 2^63 - 1")
+        _check(self.label.isprintable(), "run.label", f"{self.label!r} holds a newline or "
+               "another control character; use printable characters only")
 
 
 DATASETS = ("digits", "mnist1d", "synthetic", "mnist", "fmnist", "cifar10", "cifar100",
@@ -61,7 +69,8 @@ class Data:
         _one_of(self.name, "data.name", DATASETS)
         _one_of(self.partition, "data.partition", ("iid", "shards", "dirichlet"))
         _check(self.classes_per_client >= 1, "data.classes_per_client", "must be >= 1")
-        _check(self.alpha > 0, "data.alpha", "must be > 0")
+        _check(math.isfinite(self.alpha) and self.alpha > 0, "data.alpha",
+               f"{self.alpha} must be a finite number > 0 (smaller is more skewed; try 0.1 to 10)")
         _check(self.synthetic_samples >= 20, "data.synthetic_samples", "must be >= 20")
         _check(self.synthetic_features >= 1, "data.synthetic_features", "must be >= 1")
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
@@ -102,7 +111,8 @@ class Clients:
         _one_of(self.update, "clients.update", ("local", "fedsgd"))
         _check(self.local_epochs >= 1, "clients.local_epochs", "must be >= 1")
         _check(self.batch_size >= 1, "clients.batch_size", "must be >= 1")
-        _check(self.lr > 0, "clients.lr", "must be > 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, "clients.lr",
+               f"{self.lr} must be a finite number > 0")
         _one_of(self.placement, "clients.placement", ("cyclic", "block"))
 
     @property
@@ -273,6 +283,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunSpec:
             tree = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; name a .toml file in it "
+                              "(e.g. configs/default.toml)") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} cannot be read: {err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     for text in overrides:

@@ -4,7 +4,6 @@ against what rank 0 sent, without holding the whole payload.
     mpirun -n 2 python tests/mpi/comm_past_2gib.py
 Prints "ok <bytes> <steps>" on each rank."""
 
-import numpy as np
 import torch
 
 from lbgm_mpi.comm.mpi import Comm, install_abort_on_error

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from lbgm_mpi.config import to_toml
 from lbgm_mpi.errors import UserError
+from lbgm_mpi.training.runlock import make_folder
+from lbgm_mpi.training.runlog import write_file
 
 DEFAULT_EPOCHS = 30
 
@@ -35,6 +37,16 @@ def _check(args, spec) -> None:
     if args.epochs < 2:
         raise UserError(f"--epochs: {args.epochs} is too few; PCA of the gradients needs at "
                         "least 2 epochs")
+
+
+def _check_fresh(out: Path) -> None:
+    """Refuse an --out that is a file, or a folder that already holds something (as train
+    does): an analysis never writes over another one's results."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} already holds files (an earlier analysis?): choose another "
+                        "--out, or remove the folder first")
 
 
 def _device(pref: str):
@@ -83,14 +95,15 @@ def cmd_analyze(comm, args, spec) -> int:
     device = _device(spec.system.device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/analyze-{Path(args.config).stem}-{stamp}")
+    _check_fresh(out)
+    make_folder(out)  # now: an --out that cannot be written fails before the training
     run = CentralizedRun(spec, load_dataset(spec.data), device)
     result = run.run(args.epochs, _report_progress(args.epochs, args.quiet))
     result = {"command": _command(args, out), "device": str(device),
               "data": spec.data.name, "model": spec.model.name, "lr": spec.clients.lr,
               "batch_size": spec.clients.batch_size, **result}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(to_toml(spec))
-    (out / "subspace.json").write_text(json.dumps(result, indent=1))
+    write_file(out / "config.toml", to_toml(spec))
+    write_file(out / "subspace.json", json.dumps(result, indent=1))
     plot_subspace(result["subspace"], out / "subspace.png")
     model = result["subspace"]["model"]
     print(f"analysis folder: {out}  {args.epochs} epochs, {result['num_params']} parameters: "

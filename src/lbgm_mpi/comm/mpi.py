@@ -211,6 +211,10 @@ class Comm:
             raise RuntimeError(f"{what} differs between ranks: ranks {odd} disagree with rank "
                                f"{self.root}")
 
+    def library_version(self) -> str:
+        """The MPI library's name and version ("Open MPI v5.0.11")."""
+        return MPI.Get_library_version().strip().splitlines()[0].split(",")[0]
+
     def barrier(self) -> None:
         self._comm.Barrier()
 

@@ -99,6 +99,21 @@ def _build(cfg) -> Dataset:
         raise UserError(f"data.name = {cfg.name!r}: {err}") from err
 
 
+def describe(cfg) -> tuple[tuple[int, ...], int, int]:
+    """(input shape, number of classes, training samples) of the [data] section's data set; an
+    HDF5 file's arrays are not read for it."""
+    if cfg.name == "hdf5":
+        from lbgm_mpi.data.hdf5_store import dataset_h5_info
+        try:
+            info = dataset_h5_info(cfg.root)
+        except (OSError, ValueError) as err:
+            raise UserError(f"data.name = 'hdf5': {err}") from err
+        shape = info["shapes"]["x_train"]
+        return tuple(shape[1:]), info["num_classes"], shape[0]
+    data = _build(cfg)
+    return data.in_shape, data.num_classes, len(data.y_train)
+
+
 def load_train_labels(cfg) -> np.ndarray:
     """The training labels of the [data] section's data set (all of them; int64)."""
     if cfg.name == "hdf5":

@@ -4,6 +4,10 @@ Layout: datasets ``x_train`` / ``x_test`` ([N, ...], chunked by rows, gzip): uin
 standard files hold them (scaled to [-0.5, 0.5] when read for training), or float32 inputs stored
 exactly (the embedded sets); ``y_train`` / ``y_test`` (int64 [N]); attributes ``num_classes``,
 ``name``, ``format_version``.
+
+Reading checks what training relies on, so that a bad file is refused before any round with one
+line naming the file and the fault: as many labels as inputs, a non-empty test split, labels in
+0 .. num_classes - 1, and finite float inputs (in the rows read: a rank reads only its clients').
 """
 
 import os
@@ -85,7 +89,42 @@ def _open(path) -> h5py.File:
         what = f"missing dataset {', '.join(missing)}" if missing else \
             f"format_version {version}, expected {FORMAT_VERSION}"
         raise DataFormatError(f"{path}: {what}")
+    try:
+        _check_sizes(f, path)
+    except DataFormatError:
+        f.close()
+        raise
     return f
+
+
+def _check_sizes(f: h5py.File, path) -> None:
+    for split in ("train", "test"):
+        x, y = len(f[f"x_{split}"]), len(f[f"y_{split}"])
+        if x != y:
+            raise DataFormatError(f"{path}: x_{split} has {x} rows but y_{split} has {y} labels "
+                                  "(every input needs one label)")
+        if x == 0:
+            raise DataFormatError(f"{path}: the {split} split is empty (x_{split} has no rows)")
+
+
+def _check_labels(y: np.ndarray, num_classes: int, key: str, rows, path) -> None:
+    """Labels must lie in 0 .. num_classes - 1; ``rows`` maps positions to row numbers."""
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        row = int(bad[0]) if rows is None else int(rows[bad[0]])
+        raise DataFormatError(f"{path}: {key}[{row}] = {int(y[bad[0]])} is not a class "
+                              f"(num_classes = {num_classes}: labels are 0 .. "
+                              f"{num_classes - 1}); {bad.size} such label(s) in the rows read")
+
+
+def _check_finite(x: np.ndarray, key: str, rows, path) -> None:
+    if x.dtype.kind != "f":
+        return
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        row = int(bad[0]) if rows is None else int(rows[bad[0]])
+        raise DataFormatError(f"{path}: {key} row {row} holds NaN or infinite values "
+                              f"({bad.size} such row(s) in the rows read)")
 
 
 def _check_rows(rows: np.ndarray, n: int, path) -> None:
@@ -119,13 +158,18 @@ def read_dataset_h5(path, train_rows=None) -> dict:
         data["num_classes"] = int(f.attrs["num_classes"])
         data["name"] = str(f.attrs["name"])
     _check_arrays(data, path)
+    for split, split_rows in (("train", rows), ("test", None)):
+        _check_labels(data[f"y_{split}"], data["num_classes"], f"y_{split}", split_rows, path)
+        _check_finite(data[f"x_{split}"], f"x_{split}", split_rows, path)
     return data
 
 
 def read_train_labels_h5(path) -> np.ndarray:
     """Only the training labels (int64 [N]): enough to compute the client partition."""
     with _open(path) as f:
-        return np.asarray(f["y_train"][()], dtype=np.int64)
+        labels = np.asarray(f["y_train"][()], dtype=np.int64)
+        _check_labels(labels, int(f.attrs["num_classes"]), "y_train", None, path)
+        return labels
 
 
 def dataset_h5_info(path) -> dict:

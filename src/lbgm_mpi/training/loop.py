@@ -1,16 +1,18 @@
 """The round loop: draw participants, train them locally, exchange, step the server, log."""
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
+from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.checkpoint.state import BackgroundWriter
 from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
-from lbgm_mpi.errors import ConfigError, UserError
+from lbgm_mpi.errors import AgreedError, ConfigError, UserError
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
@@ -78,6 +80,8 @@ class Trainer:
         if self.device.type == "cuda":
             how = "directly" if comm.cuda_aware else "through pinned host buffers"
             self.progress.note(f"device {self.device} per rank; device buffers reach MPI {how}")
+        if self.progress.active:
+            self.progress.note(self._startup_line())
 
     def _load_shards(self):
         """Put this rank's clients' samples (and, on the root, the test set) on the device.
@@ -207,17 +211,61 @@ class Trainer:
                             "--resume latest to continue it, or choose another --out")
 
     def run(self) -> dict:
-        """Train until run.rounds, checkpointing as configured; write summary.json (root).
+        """Train until run.rounds; write summary.json (root) and return the summary.
 
-        Raises Preempted on every rank, after a checkpoint, when a stop signal arrived."""
-        every = self.spec.run.checkpoint_every
+        Checkpoints every run.checkpoint_every rounds, whenever run.checkpoint_minutes have passed
+        since the last one (the root's clock decides for every rank), and at the end. Raises
+        Preempted on every rank, after a checkpoint, when a stop signal arrived; AgreedError on
+        every rank, without a checkpoint, when the global model became non-finite (the last
+        checkpoint stays the last good state)."""
+        saved, saved_at = self.round, time.monotonic()
         while self.round < self.spec.run.rounds:
             self.step()
+            finite, due = self.comm.control_bcast(
+                self._verdict(saved_at) if self.comm.is_root else None)
+            if not finite:
+                raise AgreedError(self._diverged(saved))
             if self.stop_agreed:
                 raise Preempted(self.round, self.checkpoint())
-            if every and self.round % every == 0 and self.round < self.spec.run.rounds:
+            if due and self.round < self.spec.run.rounds:
                 self.checkpoint(background=True)
-        self.checkpoint()
+                saved, saved_at = self.round, time.monotonic()
+        if saved != self.round:
+            self.checkpoint()
         by_rank = self.comm.control_gather_int(self.comm.bytes_sent - self.bytes_at_start)
         return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank,
                                                         **self.resources()})
+
+    def _verdict(self, saved_at: float) -> tuple[bool, bool]:
+        """(is the global model finite, is a checkpoint due), as the root sees them."""
+        every, minutes = self.spec.run.checkpoint_every, self.spec.run.checkpoint_minutes
+        due = bool(every and self.round % every == 0) or \
+            bool(minutes and time.monotonic() - saved_at >= 60.0 * minutes)
+        return bool(torch.isfinite(self.theta).all()), due
+
+    def _diverged(self, saved: int) -> str:
+        kept = f"the checkpoint of round {saved} stays the last good state" if saved else \
+            "and there is no earlier checkpoint"
+        return (f"the global model became non-finite in round {self.round} (training diverged: "
+                f"lower server.lr or clients.lr); it was not checkpointed, {kept}")
+
+    def _startup_line(self) -> str:
+        """What runs where, in one line: ranks, clients per rank, parameters, bank memory,
+        device, MPI library and whether it takes device buffers (CUDA-aware)."""
+        from lbgm_mpi.gpu import cuda_aware_mpi
+        hosted = Counter(self.topo.host).values()
+        low, high = min(hosted), max(hosted)
+        clients = f"{low}" if low == high else f"{low}-{high}"
+        bank = self.exchange.bank
+        if bank is None:
+            bank_text = "no look-back bank"
+        else:
+            where = "per node" if bank.shared else "per rank"
+            bank_text = f"look-back bank {human_bytes(bank.nbytes)} {where}"
+        aware = self.comm.cuda_aware if self.device.type == "cuda" else \
+            cuda_aware_mpi(self.spec.system.cuda_aware_mpi)
+        return (f"{self.comm.size} rank(s), {clients} client(s) per rank of "
+                f"{self.spec.clients.count}, {self.num_params:,} parameters, {bank_text}, "
+                f"device {self.device}, {self.comm.library_version()} "
+                f"({'CUDA-aware' if aware else 'not CUDA-aware'})")
+

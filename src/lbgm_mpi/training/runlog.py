@@ -1,20 +1,34 @@
 """The run folder (written by the root rank only) and the live progress line."""
 
+import errno
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from lbgm_mpi.analysis.report import human_bytes
+from lbgm_mpi.analysis.report import human_bytes, summarize
 from lbgm_mpi.config import to_toml
+from lbgm_mpi.errors import UserError
+
+
+def write_file(path: Path, text: str, mode: str = "w") -> None:
+    """Write (or with mode "a", append) ``text`` to ``path``; a failure, such as a full disk,
+    is a UserError naming the file."""
+    try:
+        with open(path, mode) as f:
+            f.write(text)
+    except OSError as err:
+        why = "the disk is full" if err.errno == errno.ENOSPC else err.strerror or str(err)
+        raise UserError(f"cannot write {path}: {why}") from None
 
 
 class RunLog:
     """Writes config.toml, partition.json, metrics.jsonl and summary.json into ``out_dir``.
 
-    Nothing touches the folder before the first round is logged (so a refused resume leaves it as
-    it was). On non-root ranks nothing is written, so callers need no rank checks."""
+    Nothing but the run's lock (training.runlock) touches the folder before the first round is
+    logged (so a refused resume leaves it as it was). On non-root ranks nothing is written, so
+    callers need no rank checks."""
 
     def __init__(self, out_dir: Path, spec, active: bool, parts, histograms):
         self.out_dir = Path(out_dir)
@@ -32,12 +46,12 @@ class RunLog:
         if not self.active:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.toml").write_text(to_toml(self.spec))
+        write_file(self.out_dir / "config.toml", to_toml(self.spec))
         clients = [{"client": k, "samples": len(p), "label_histogram": h}
                    for k, (p, h) in enumerate(zip(self.parts, self.histograms))]
-        (self.out_dir / "partition.json").write_text(json.dumps(
+        write_file(self.out_dir / "partition.json", json.dumps(
             {"partition": self.spec.data.partition, "clients": clients}, indent=1))
-        (self.out_dir / "metrics.jsonl").write_text("".join(_line(r) for r in self.rows))
+        write_file(self.out_dir / "metrics.jsonl", "".join(_line(r) for r in self.rows))
 
     def restore(self, rows: list[dict]) -> None:
         """Continue after ``rows`` (from a checkpoint)."""
@@ -49,29 +63,15 @@ class RunLog:
             self._open()
         self.rows.append(row)
         if self.active:
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(_line(row))
+            write_file(self.out_dir / "metrics.jsonl", _line(row), mode="a")
 
     def write_summary(self, num_params: int, extra: dict) -> dict:
         """Write summary.json from the rounds logged so far (plus ``extra``) and return it."""
         if not self.opened:
             self._open()
-        accs = [r["test_acc"] for r in self.rows if r["test_acc"] is not None]
-        total = lambda key: int(sum(r[key] for r in self.rows))
-        summary = {
-            "label": self.spec.label(), "algo": self.spec.algo.name,
-            "threshold": self.spec.algo.threshold if self.spec.algo.name == "lbgm" else None,
-            "compressor": self.spec.algo.compressor, "num_params": num_params, "rounds": len(self.rows),
-            "final_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
-            "total_uplink_bytes": total("uplink_bytes"),
-            "total_dense_uplink_bytes": total("dense_uplink_bytes"),
-            "total_downlink_bytes": total("downlink_bytes"), "total_mpi_bytes": total("mpi_bytes"),
-            "total_refreshes": total("refreshes"), "total_scalars": total("scalars"),
-            "total_time_s": float(sum(r["round_s"] for r in self.rows)),
-            **extra,
-        }
+        summary = {**summarize(self.rows, self.spec, num_params), **extra}
         if self.active:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_file(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
 
 
@@ -82,23 +82,42 @@ def _line(row: dict) -> str:
     return json.dumps(clean, allow_nan=False) + "\n"
 
 
-class Progress:
-    """One status line per few rounds (or a live bar on a terminal) on the root rank."""
+def duration(seconds: float) -> str:
+    """A short duration: "42s", "3m05s", "2h04m"."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def __init__(self, label: str, rounds: int, active: bool, stream=None):
+
+class Progress:
+    """Status lines on the root rank: a live bar on a terminal; elsewhere (a SLURM log) a line
+    every rounds/10 rounds, and at least one every QUIET_S seconds. Each shows the latest
+    accuracy, the uplink saved, the time so far and an estimate of the time left (from this
+    process's rounds)."""
+
+    QUIET_S = 60.0  # the longest a log stays silent while rounds finish
+
+    def __init__(self, label: str, rounds: int, active: bool, stream=None,
+                 clock=time.monotonic):
         self.label = label
         self.rounds = rounds
         self.active = active
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = max(1, rounds // 10)
-        self.start = time.perf_counter()
+        self.clock = clock
+        self.start = self.last_line = clock()
+        self.first = 0  # rounds run before this process started (a resumed run)
         self.uplink = self.dense = 0
 
     def resume(self, rows: list[dict]) -> None:
-        """Start the cumulative figures from the rounds already run."""
+        """Start the cumulative figures, and the time estimate, after the rounds already run."""
         self.uplink = sum(r["uplink_bytes"] for r in rows)
         self.dense = sum(r["dense_uplink_bytes"] for r in rows)
+        self.first = len(rows)
 
     def note(self, text: str) -> None:
         """A one-off line (checkpoint written, resumed from ...)."""
@@ -110,16 +129,25 @@ class Progress:
         """Show round ``row['round']`` with the latest accuracy and cumulative savings."""
         self.uplink += row["uplink_bytes"]
         self.dense += row["dense_uplink_bytes"]
-        rnd = row["round"]
-        if not self.active or not (self.tty or rnd % self.every == 0 or rnd == self.rounds):
+        rnd, now = row["round"], self.clock()
+        due = self.tty or rnd % self.every == 0 or rnd == self.rounds or \
+            now - self.last_line >= self.QUIET_S
+        if not self.active or not due:
             return
+        self.last_line = now
         width = 20
         filled = int(width * rnd / self.rounds)
         saving = 100.0 * (1 - self.uplink / self.dense) if self.dense else 0.0
         acc_text = f"{100 * acc:5.1f}%" if acc is not None else "  n/a"
         line = (f"[{self.label}] |{'#' * filled}{'.' * (width - filled)}| round {rnd}/{self.rounds}"
                 f"  acc {acc_text}  uplink {human_bytes(self.uplink)} ({saving:.0f}% saved)"
-                f"  {time.perf_counter() - self.start:.1f}s")
+                f"  {duration(now - self.start)}{self._left(rnd, now)}")
         end = "\n" if not self.tty or rnd == self.rounds else "\r"
         self.stream.write(line + end)
         self.stream.flush()
+
+    def _left(self, rnd: int, now: float) -> str:
+        done = rnd - self.first
+        if rnd >= self.rounds or done <= 0:
+            return ""
+        return f", ETA {duration((now - self.start) / done * (self.rounds - rnd))}"

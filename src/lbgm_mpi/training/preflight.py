@@ -1,0 +1,109 @@
+"""Checks made on every rank before a run allocates anything large, each ending in one line that
+names the cause: the kernel back end exists, the model fits the data (built and run on PyTorch's
+"meta" device, which has shapes but no storage), and the run fits in this node's memory.
+
+The memory figure is a lower bound: per-client bookkeeping, the look-back bank (clients x slots x
+parameters x bytes per value, on every rank or once per node), the model, the updates of the participants a rank
+trains at once, and its share of the data. A run refused here could never have run; a run
+admitted may still need more (the exchange's buffers), but no longer grows until the machine
+kills it, as clients.count = 10^9 did.
+"""
+
+import math
+from pathlib import Path
+
+import torch
+
+from lbgm_mpi.analysis.report import human_bytes
+from lbgm_mpi.errors import UserError
+
+PER_CLIENT_BYTES = 256  # partition index array, label histogram, placement: Python objects each
+FLOAT_BYTES = 4
+BANK_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def check_run(spec, ranks: int, ranks_on_node: int) -> int:
+    """Run every check for ``spec`` on ``ranks`` ranks (``ranks_on_node`` of them here); return
+    the model's parameter count. Raises UserError naming the first problem found."""
+    _check_kernels(spec.system)
+    bookkeeping = spec.clients.count * PER_CLIENT_BYTES
+    _check_memory({"client bookkeeping": bookkeeping}, spec, ranks_on_node)  # before the data
+    from lbgm_mpi.data.datasets import describe
+    in_shape, num_classes, samples = describe(spec.data)
+    params = model_parameters(spec, in_shape, num_classes)
+    _check_memory(_needs(spec, ranks, ranks_on_node, params, math.prod(in_shape) * samples,
+                         bookkeeping), spec, ranks_on_node)
+    return params
+
+
+def _check_kernels(system) -> None:
+    if system.kernels != "cupy":
+        return
+    from lbgm_mpi.kernels.cupy_ops import cupy_available
+    if not cupy_available():
+        raise UserError("system.kernels = 'cupy' needs CuPy and a CUDA GPU visible to every rank; "
+                        "none found here: use system.kernels = 'torch' (or 'auto', which takes "
+                        "CuPy where it works)")
+
+
+def model_parameters(spec, in_shape, num_classes: int) -> int:
+    """Values in the flat model vector (parameters and float buffers) of ``spec``'s model on
+    inputs of ``in_shape``; raises UserError if the model cannot take such inputs."""
+    from lbgm_mpi.models import build_model
+    what = (f"model.name = {spec.model.name!r} does not fit data.name = {spec.data.name!r} "
+            f"(inputs {'x'.join(map(str, in_shape))}, {num_classes} classes)")
+    try:
+        with torch.device("meta"):
+            model = build_model(spec.model, in_shape, num_classes, spec.run.seed)
+            out = model.eval()(torch.empty((1, *in_shape)))
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise UserError(f"{what}: {str(err).splitlines()[0]}") from None
+    if tuple(out.shape) != (1, num_classes):
+        raise UserError(f"{what}: it outputs {tuple(out.shape[1:])} per sample")
+    return sum(t.numel() for t in (*model.parameters(), *model.buffers())
+               if t.is_floating_point())
+
+
+def _needs(spec, ranks: int, ranks_on_node: int, params: int, sample_values: int,
+           bookkeeping: int) -> dict:
+    """What one rank needs at least, by part, in bytes (host memory); a node-shared bank
+    counts once per node, so a rank's part is its share."""
+    on_host = spec.system.device == "cpu"  # elsewhere the bank and the model live on the GPU
+    shared = spec.system.bank == "shared"  # in host memory wherever the model lives
+    local = math.ceil(spec.clients.participants / ranks)
+    needs = {"client bookkeeping": bookkeeping,
+             "its share of the training data": sample_values * FLOAT_BYTES // ranks}
+    if on_host:
+        needs["model, server state and updates"] = (3 + local) * params * FLOAT_BYTES
+    if (on_host or shared) and spec.algo.name == "lbgm":
+        bank = (spec.clients.count * spec.algo.lookback * params
+                * BANK_BYTES[spec.system.bank_dtype])
+        where = f", one per node shared by {ranks_on_node} rank(s)" if shared else ""
+        needs[f"look-back bank ({spec.clients.count} clients x {spec.algo.lookback} slot(s) x "
+              f"{params} values x {BANK_BYTES[spec.system.bank_dtype]} bytes{where})"] = \
+            bank // ranks_on_node if shared else bank
+    return needs
+
+
+def available_memory() -> int | None:
+    """MemAvailable of this node in bytes, or None where /proc/meminfo does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(needs: dict, spec, ranks_on_node: int) -> None:
+    available = available_memory()
+    per_rank = sum(needs.values())
+    if available is None or per_rank * ranks_on_node <= available:
+        return
+    parts = ", ".join(f"{name} {human_bytes(n)}" for name, n in needs.items() if n)
+    raise UserError(f"this run needs at least {human_bytes(per_rank * ranks_on_node)} of memory "
+                    f"on this node ({ranks_on_node} rank(s) x {human_bytes(per_rank)}: {parts}), "
+                    f"but only {human_bytes(available)} is available: lower clients.count "
+                    f"({spec.clients.count}), use a smaller model, system.bank_dtype = "
+                    "'bfloat16', system.bank = 'shared', or more nodes")
