@@ -63,7 +63,8 @@ class Trainer:
                                       self.device, self.layout.param_size)
         self.variances = self.layout.slices_named("running_var")
         self.timer = PhaseTimer(self.device)
-        self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device, self.timer)
+        self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device, self.timer,
+                                      self.theta)
         self.writer = BackgroundWriter()
         if self.exchange.bank is not None:  # the bank changes only once a checkpoint is written
             self.exchange.bank.guard = self.writer.wait
