@@ -2,13 +2,16 @@
 
 import json
 import math
+import re
 
+import matplotlib.legend
 import numpy as np
 import pytest
 import torch
 
 from lbgm_mpi.analysis import plots
-from lbgm_mpi.analysis.report import compare_table, format_table, human_bytes
+from lbgm_mpi.analysis.report import (compare_table, display_labels, format_table, human_bytes,
+                                      load_run)
 from lbgm_mpi.analysis.subspace import (SubspaceTracker, explained_variance, n_components,
                                         overlap, principal_directions)
 from lbgm_mpi.models.layout import Layout
@@ -209,3 +212,74 @@ def test_plots_are_written(runs, tmp_path):
 def test_sweep_needs_a_fedavg_run(runs):
     with pytest.raises(ValueError, match="lbgm-0.2"):
         plots.plot_sweep(runs[1:], "unused.png")
+
+
+# --- plots that can be read: names, colours, markers, legends, byte units ---------------------
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, kept open for inspection (drawn, not closed)."""
+    kept = []
+
+    def keep(fig, out_png):
+        fig.canvas.draw()
+        kept.append(fig)
+        return out_png
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return kept
+
+
+def _thirteen_runs(root):
+    from lbgm_mpi.training.methods import METHODS
+    assert len(METHODS) >= 13
+    return [_write_run(root, name, "fedavg" if name == "fedavg" else "lbgm",
+                       [0.1 * (i % 5) + 0.1 * t for t in range(1, 4)], [10 ** (i % 4 + 2)] * 3,
+                       [10 ** (i % 4 + 2) + 5] * 3)
+            for i, name in enumerate(list(METHODS)[:13])]
+
+
+def test_thirteen_methods_each_get_a_colour_and_a_marker(tmp_path, figures):
+    runs = _thirteen_runs(tmp_path)
+    plots.plot_runs(runs, tmp_path / "cmp")
+    for fig in figures:
+        ax = fig.axes[0]
+        named = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+        assert len(named) == 13
+        assert len({line.get_color() for line in named}) == 13
+        assert len({line.get_marker() for line in named}) == 13
+
+
+def test_legends_sit_outside_the_axes(tmp_path, figures):
+    plots.plot_runs(_thirteen_runs(tmp_path), tmp_path / "cmp")
+    for fig in figures:
+        ax = fig.axes[0]
+        box = ax.get_window_extent()
+        legends = [a for a in ax.get_children() if isinstance(a, matplotlib.legend.Legend)]
+        assert len(legends) >= 1
+        for legend in legends:
+            assert not legend.get_window_extent().overlaps(box), legend
+
+
+def test_runs_with_one_label_are_told_apart_by_folder(tmp_path, figures):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _write_run(tmp_path / "a", "lbgm", "lbgm", [0.5, 0.6], [10, 10], [10, 10])
+    b = _write_run(tmp_path / "b", "lbgm", "lbgm", [0.4, 0.7], [10, 10], [10, 10])
+    assert display_labels([load_run(a), load_run(b)]) == ["lbgm [a/lbgm]", "lbgm [b/lbgm]"]
+    plots.plot_runs([a, b], tmp_path / "cmp")
+    names = {t.get_text() for legend in figures[0].axes[0].get_children()
+             if isinstance(legend, matplotlib.legend.Legend) for t in legend.get_texts()}
+    assert {"lbgm [a/lbgm]", "lbgm [b/lbgm]"} <= names
+    rows = compare_table([a, b])
+    assert [r["name"] for r in rows] == ["lbgm [a/lbgm]", "lbgm [b/lbgm]"]
+    assert "lbgm [a/lbgm]" in format_table(rows)
+
+
+def test_byte_axes_use_decimal_units_on_every_tick(tmp_path, figures):
+    runs = [_write_run(tmp_path, "fedavg", "fedavg", [0.1, 0.2, 0.3], [300, 400, 500],
+                       [300, 400, 500])]  # less than a decade: matplotlib labels minor ticks
+    plots.plot_runs(runs, tmp_path / "cmp")
+    axis = figures[0].axes[0].xaxis
+    labels = [t.get_text() for t in axis.get_ticklabels(which="both") if t.get_text()]
+    assert labels and all(re.fullmatch(r"[\d.]+ (B|KB|MB|GB)", text) for text in labels), labels

@@ -46,8 +46,13 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cannot be read"):
         read_checkpoint(path)
-    with h5py.File(path, "w") as f:
-        f.attrs["format_version"] = 99
+    with h5py.File(path, "w") as f:  # an HDF5 file without the lbgm-mpi header
+        f.attrs["format_version"] = 2
+    with pytest.raises(CheckpointError, match="no lbgm-mpi header"):
+        read_checkpoint(path)
+    write_checkpoint(path, {"theta": np.ones(100, dtype=np.float32)}, {"round": 1})
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'"format_version": 2', b'"format_version": 99', 1))
     with pytest.raises(CheckpointError, match="format version 99"):
         read_checkpoint(path)
 

@@ -2,12 +2,16 @@
 converted file); bad input ends with one line naming the path or name."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, lbgm, read_metrics, read_summary, without_timing
+from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, read_summary, without_timing
 from test_data_formats import _write_mnist
 from test_failures import _assert_clean_failure
 
@@ -129,3 +133,44 @@ def test_training_from_hdf5_reads_per_rank_and_matches_the_embedded_set(tmp_path
          "--out", str(tmp_path / "file"))
     assert without_timing(read_metrics(tmp_path / "file")) == \
         without_timing(read_metrics(tmp_path / "embedded"))
+
+
+# ---- runs you can look at: DIR/*, unfinished runs, a closed pipe --------------------------------
+
+def test_report_and_plot_take_a_folder_glob_with_pngs(runs, tmp_path):
+    """`lbgm-mpi report DIR/*` as the README writes it, once compare has put its PNGs there."""
+    entries = sorted(str(p) for p in runs[0].parent.iterdir() if not p.name.startswith("."))
+    assert any(e.endswith(".png") for e in entries), entries  # what a shell's DIR/* lists
+    report = lbgm(1, "report", *entries, timeout=60)
+    assert "fedavg" in report.stdout and "lbgm" in report.stdout
+    assert "left out 2 file(s)" in report.stderr
+    lbgm(1, "plot", *entries, "--out", str(tmp_path / "fig"), timeout=60)
+    assert (tmp_path / "fig_acc_vs_round.png").stat().st_size > 0
+
+
+def test_report_and_plot_show_a_run_that_has_not_finished(runs, tmp_path):
+    """A running or stopped run has no summary.json yet, and may be writing its last line."""
+    cut = tmp_path / "lbgm"
+    shutil.copytree(runs[1], cut)
+    (cut / "summary.json").unlink()
+    lines = (cut / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (cut / "metrics.jsonl").write_text("".join(lines[:5]) + lines[5][:20])
+    result = lbgm(1, "report", str(runs[0]), str(cut), timeout=60)
+    assert "lbgm (round 5 of 8)" in result.stdout and "not finished" in result.stdout
+    lbgm(1, "plot", str(runs[0]), str(cut), "--out", str(tmp_path / "fig"), timeout=60)
+    assert (tmp_path / "fig_acc_vs_bytes.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", ["report", "inspect"])
+def test_a_closed_pipe_ends_report_and_inspect_quietly(runs, command):
+    """`lbgm-mpi report ... | head`: the reader is gone before the first line is written."""
+    args = [*map(str, runs)] if command == "report" else [str(runs[1])]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "lbgm_mpi", command, *args], cwd=REPO,
+                              env=mpi_env(), stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", done.stderr

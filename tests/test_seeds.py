@@ -20,6 +20,7 @@ def _write_run(folder, label, seed, accs, uplink_per_round, algo="lbgm"):
     evaluated = [a for a in accs if a is not None]
     (folder / "summary.json").write_text(json.dumps({
         "label": label, "algo": algo, "compressor": "none", "threshold": None,
+        "rounds": len(accs),
         "best_acc": max(evaluated), "final_acc": evaluated[-1],
         "total_uplink_bytes": uplink_per_round * len(accs)}))
     (folder / "config.toml").write_text(f"[run]\nseed = {seed}\n")

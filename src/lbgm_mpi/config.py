@@ -6,6 +6,7 @@ in ``RunSpec.__post_init__``.
 """
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class Run:
     eval_every: int = 1       # evaluate the global model on the test set every N rounds
     check_every: int = 10     # compare a hash of theta across ranks every N rounds (0 = never)
     checkpoint_every: int = 0  # write an HDF5 checkpoint every N rounds (0 = only at the end)
+    checkpoint_minutes: float = 30.0  # and one when N minutes passed since the last (0 = off)
     keep_checkpoints: int = 2  # how many checkpoints to keep in the run folder
     label: str = ""           # name of the run in tables and plots ("" = derived from algo)
 
@@ -38,6 +40,9 @@ class Run:
         _check(self.eval_every >= 1, "run.eval_every", "must be >= 1")
         _check(self.check_every >= 0, "run.check_every", "must be >= 0")
         _check(self.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
+        _check(math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0,
+               "run.checkpoint_minutes", f"{self.checkpoint_minutes} must be a number >= 0 "
+               "(0 = no checkpoints by time)")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", "must be >= 1")
         _check(self.seed >= 0, "run.seed", "must be >= 0")
 

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """An invalid configuration: the message names the key and how to fix it."""
+
+
+class AgreedError(UserError):
+    """A UserError that every rank raises at the same point of a run (from facts all ranks share,
+    such as the replicated global model), so it is reported once and no rank needs to abort."""

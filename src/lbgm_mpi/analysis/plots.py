@@ -1,4 +1,9 @@
-"""Figures for run folders and for the gradient-subspace report (PNG files, no screen needed)."""
+"""Figures for run folders and for the gradient-subspace report (PNG files, no screen needed).
+
+Every run gets its own colour and its own marker (13 methods of a compare stay apart), is named as
+the comparison table names it (report.display_labels), and the legends sit outside the axes, so
+that they never hide a curve. Byte axes use the table's decimal units (human_bytes) on every tick.
+"""
 
 from pathlib import Path
 
@@ -7,20 +12,43 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from lbgm_mpi.analysis.report import Run, fedavg_reference, human_bytes, load_run  # noqa: E402
+from lbgm_mpi.analysis.report import (Run, display_labels, fedavg_reference,  # noqa: E402
+                                      human_bytes, load_run)
 
 _DPI = 150
+# tab20's dark shades first, then its light ones: 20 colours, the first 10 of distinct hues
+_COLOURS = [plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "H", "8")
+
+
+def styles(n: int) -> list[dict]:
+    """Line styles for ``n`` runs: colour and marker each distinct up to 20 and 15 runs, the pair
+    distinct up to 60."""
+    return [{"color": _COLOURS[i % len(_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)],
+             "markersize": 4} for i in range(n)]
+
+
+def _legend_outside(ax, **kw):
+    """A legend to the right of the axes, where it cannot cover a curve."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                     fontsize="small", **kw)
 
 
 def _save(fig, out_png: str | Path) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=_DPI)
+    fig.savefig(out, dpi=_DPI, bbox_inches="tight")  # "tight" keeps the outside legends
     plt.close(fig)
     return out
+
+
+def _bytes_axis(axis) -> None:
+    """Decimal byte units (human_bytes) on the major ticks of a log-scale axis, none on minor
+    ones (matplotlib would write those as powers of ten)."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _percent(values: list[float]) -> list[float]:
@@ -34,36 +62,43 @@ def _positive(xs: list[float], ys: list[float]) -> tuple[list[float], list[float
 
 
 def _accuracy_vs_bytes(runs: list[Run], out_png: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for run in runs:
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
+    for run, name, style in zip(runs, display_labels(runs), styles(len(runs))):
         x, acc = _positive(*run.evaluated("uplink_bytes"))
-        line, = ax.plot(x, _percent(acc), label=run.label)
+        ax.plot(x, _percent(acc), label=name, markevery=_every(x), **style)
         x, acc = _positive(*run.evaluated("mpi_bytes"))
-        ax.plot(x, _percent(acc), linestyle="--", color=line.get_color(), alpha=0.7)
+        ax.plot(x, _percent(acc), linestyle="--", alpha=0.7, markevery=_every(x),
+                markerfacecolor="none", **style)
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
+    _bytes_axis(ax.xaxis)
     ax.set_xlabel("cumulative bytes sent (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy vs communication")
     ax.grid(True, which="major", alpha=0.3)
-    styles = [Line2D([], [], color="gray", label="uplink (clients' updates)"),
-              Line2D([], [], color="gray", linestyle="--", label="all bytes handed to MPI")]
-    ax.add_artist(ax.legend(handles=styles, loc="lower right", fontsize="small"))
-    ax.legend(loc="upper left", fontsize="small", title="run")
+    kinds = [Line2D([], [], color="gray", label="uplink (clients' updates)"),
+             Line2D([], [], color="gray", linestyle="--", label="all bytes handed to MPI")]
+    ax.add_artist(_legend_outside(ax, title="run"))
+    ax.legend(handles=kinds, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+              fontsize="small")
     return _save(fig, out_png)
 
 
+def _every(x: list) -> int:
+    """Mark about 12 points of a curve, so that markers tell runs apart without hiding it."""
+    return max(1, len(x) // 12)
+
+
 def _accuracy_vs_round(runs: list[Run], out_png: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for run in runs:
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
+    for run, name, style in zip(runs, display_labels(runs), styles(len(runs))):
         rounds = [r["round"] for r in run.rounds if r["test_acc"] is not None]
         acc = [r["test_acc"] for r in run.rounds if r["test_acc"] is not None]
-        ax.plot(rounds, _percent(acc), label=run.label)
+        ax.plot(rounds, _percent(acc), label=name, markevery=_every(rounds), **style)
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy vs round")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small", title="run")
+    _legend_outside(ax, title="run")
     return _save(fig, out_png)
 
 
@@ -85,10 +120,11 @@ def _sweep_point(run: Run, ref: Run) -> tuple[float, float]:
     return saving, drop
 
 
-def _sweep_series(ax, series: list[Run], ref: Run) -> None:
+def _sweep_series(ax, series: list[Run], ref: Run, style: dict) -> None:
     """One compressor's runs as a line through their sweep points, each labelled by threshold."""
     points = [_sweep_point(r, ref) for r in series]
-    ax.plot(*zip(*points), marker="o", label=f"LBGM, compressor: {series[0].summary['compressor']}")
+    ax.plot(*zip(*points), label=f"LBGM, compressor: {series[0].summary['compressor']}",
+            **style)
     for run, (x, y) in zip(series, points):
         threshold = run.summary["threshold"]
         text = f"δ={threshold:g}" if threshold is not None else run.label
@@ -110,14 +146,16 @@ def plot_sweep(run_dirs: list[str | Path], out_png: str | Path) -> Path:
     ax.plot([0], [0], marker="*", markersize=14, linestyle="none", color="black",
             label=f"FedAvg ({ref.label})")
     others = sorted((r for r in runs if r is not ref), key=lambda r: r.summary["threshold"] or 0.0)
-    for compressor in dict.fromkeys(r.summary["compressor"] for r in others):
-        _sweep_series(ax, [r for r in others if r.summary["compressor"] == compressor], ref)
+    compressors = list(dict.fromkeys(r.summary["compressor"] for r in others))
+    for compressor, style in zip(compressors, styles(len(compressors))):
+        _sweep_series(ax, [r for r in others if r.summary["compressor"] == compressor], ref,
+                      style)
     ax.axhline(0, color="gray", linewidth=0.8)
     ax.set_xlabel("uplink savings vs FedAvg (%)")
     ax.set_ylabel("accuracy drop vs FedAvg (points, best test accuracy)")
     ax.set_title("LBGM threshold sweep: communication saved vs accuracy lost")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    _legend_outside(ax)
     return _save(fig, out_png)
 
 
@@ -150,6 +188,6 @@ def plot_subspace(report_dict: dict, out_png: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("number of principal components")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].legend(loc="upper left", fontsize="small")
+    _legend_outside(axes[-1])
     fig.suptitle("Rank of the gradient space during training")
     return _save(fig, out_png)

@@ -1,12 +1,16 @@
 """Reading run folders, and the table that compares runs against their FedAvg baseline.
 
-A run folder holds metrics.jsonl (one JSON object per round, per-round counts, never cumulative)
-and summary.json (totals and the run's label, algorithm and threshold); both are written by the
-trainer. Accuracies are fractions in the files; the table shows percent and percentage points.
-Byte counts use decimal units (1 KB = 1000 bytes), as network rates do.
+A run folder holds metrics.jsonl (one JSON object per round, per-round counts, never cumulative),
+config.toml and, once the run has finished, summary.json (totals and the run's label, algorithm and
+threshold); all are written by the trainer. A run that is still running, or was stopped, has no
+summary.json (or an older one, from before it was resumed): its summary is then computed from its
+rounds so far, the same way the trainer computes it, and the run is marked unfinished. Accuracies
+are fractions in the files; the table shows percent and percentage points. Byte counts use decimal
+units (1 KB = 1000 bytes), as network rates do.
 """
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +24,19 @@ class Run:
 
     path: Path
     rounds: list[dict]  # metrics.jsonl, in round order
-    summary: dict  # summary.json
+    summary: dict  # summary.json, or the same computed from the rounds of an unfinished run
+    planned_rounds: int | None = None  # run.rounds of an unfinished run; None once finished
 
     @property
     def label(self) -> str:
         return self.summary["label"]
+
+    @property
+    def status(self) -> str:
+        """"" for a finished run, else how far it got: "round 12 of 50"."""
+        if self.planned_rounds is None:
+            return ""
+        return f"round {len(self.rounds)} of {self.planned_rounds}"
 
     def cumulative(self, key: str) -> list[float]:
         """Running total of a per-round count (e.g. "uplink_bytes"), one value per round."""
@@ -41,14 +53,75 @@ class Run:
         return [x for x, _ in pairs], [a for _, a in pairs]
 
 
+def summarize(rows: list[dict], spec, num_params: int | None) -> dict:
+    """What summary.json holds (but the per-rank figures) for the rounds ``rows`` of a run
+    configured by ``spec`` (a RunSpec)."""
+    accs = [r["test_acc"] for r in rows if r["test_acc"] is not None]
+    total = lambda key: int(sum(r[key] for r in rows))
+    return {
+        "label": spec.label(), "algo": spec.algo.name,
+        "threshold": spec.algo.threshold if spec.algo.name == "lbgm" else None,
+        "compressor": spec.algo.compressor, "num_params": num_params, "rounds": len(rows),
+        "final_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
+        "total_uplink_bytes": total("uplink_bytes"),
+        "total_dense_uplink_bytes": total("dense_uplink_bytes"),
+        "total_downlink_bytes": total("downlink_bytes"), "total_mpi_bytes": total("mpi_bytes"),
+        "total_refreshes": total("refreshes"), "total_scalars": total("scalars"),
+        "total_time_s": float(sum(r["round_s"] for r in rows)),
+    }
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """metrics.jsonl's rows; a last line cut short (a run writing it now, or stopped while it
+    wrote) is left out."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+    return sorted(rows, key=lambda r: r["round"])
+
+
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run folder's metrics.jsonl and summary.json."""
+    """Read a run folder: metrics.jsonl, and summary.json if the run finished (else config.toml,
+    to summarize the rounds so far)."""
+    from lbgm_mpi.config import load_config
     path = Path(run_dir)
-    with open(path / "summary.json") as f:
-        summary = json.load(f)
-    with open(path / "metrics.jsonl") as f:
-        rounds = [json.loads(line) for line in f if line.strip()]
-    return Run(path, sorted(rounds, key=lambda r: r["round"]), summary)
+    rows = _read_rows(path / "metrics.jsonl")
+    if (path / "summary.json").is_file():
+        summary = json.loads((path / "summary.json").read_text())
+        if summary["rounds"] == len(rows):
+            return Run(path, rows, summary)
+    spec = load_config(path / "config.toml")
+    return Run(path, rows, summarize(rows, spec, None), spec.run.rounds)
+
+
+def display_labels(runs: list[Run]) -> list[str]:
+    """How tables and plots name each run: its label, followed by its folder where several runs
+    share the label (as few trailing path parts as tell them apart), and by how far it got if
+    it has not finished."""
+    repeated = Counter(r.label for r in runs)
+    names = []
+    for run in runs:
+        name = run.label
+        if repeated[run.label] > 1:
+            twins = [r.path for r in runs if r.label == run.label]
+            name += f" [{_distinct_tail(run.path, twins)}]"
+        names.append(f"{name} ({run.status})" if run.status else name)
+    return names
+
+
+def _distinct_tail(path: Path, paths: list[Path]) -> str:
+    """The fewest trailing parts of ``path`` that no other of ``paths`` ends with."""
+    parts = path.resolve().parts
+    for n in range(1, len(parts) + 1):
+        tail = parts[-n:]
+        if sum(p.resolve().parts[-n:] == tail for p in paths) == 1:
+            return "/".join(tail)
+    return str(path)
 
 
 def fedavg_reference(runs: list[Run]) -> Run | None:
@@ -83,16 +156,23 @@ def bytes_to_target(run: Run, target_acc: float) -> int | None:
     return None
 
 
-def _row(run: Run, ref: Run | None, target: float | None, target_source: str) -> dict:
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100.0 * fraction
+
+
+def _row(run: Run, name: str, ref: Run | None, target: float | None, target_source: str) -> dict:
     s = run.summary
     times = [r["round_s"] for r in run.rounds]
+    both = ref is not None and s["best_acc"] is not None and ref.summary["best_acc"] is not None
     return {
         "label": run.label,
+        "name": name,
+        "status": run.status,
         "algo": s["algo"],
         "threshold": s["threshold"],
-        "best_acc_pct": 100.0 * s["best_acc"],
-        "final_acc_pct": 100.0 * s["final_acc"],
-        "drop_pt": 100.0 * (ref.summary["best_acc"] - s["best_acc"]) if ref else None,
+        "best_acc_pct": _percent(s["best_acc"]),
+        "final_acc_pct": _percent(s["final_acc"]),
+        "drop_pt": 100.0 * (ref.summary["best_acc"] - s["best_acc"]) if both else None,
         "uplink_bytes": s["total_uplink_bytes"],
         "mpi_bytes": s["total_mpi_bytes"],
         "uplink_savings_pct":
@@ -118,15 +198,16 @@ def compare_table(run_dirs: list[str | Path], target_acc: float | None = None) -
     runs = [load_run(d) for d in run_dirs]
     ref = fedavg_reference(runs)
     source = "given"
-    if target_acc is None and ref is not None:
+    if target_acc is None and ref is not None and ref.summary["best_acc"] is not None:
         target_acc = TARGET_FRACTION * ref.summary["best_acc"]
         source = f"{TARGET_FRACTION} x best accuracy of FedAvg run '{ref.label}'"
-    return [_row(run, ref, target_acc, source) for run in runs]
+    return [_row(run, name, ref, target_acc, source)
+            for run, name in zip(runs, display_labels(runs))]
 
 
 # (header, row key, formatter); a None value prints blank, a missed target prints "n/a"
 _COLUMNS = (
-    ("label", "label", str),
+    ("label", "name", str),
     ("best acc (%)", "best_acc_pct", "{:.2f}".format),
     ("final acc (%)", "final_acc_pct", "{:.2f}".format),
     ("drop vs FedAvg (pt)", "drop_pt", "{:+.2f}".format),
@@ -158,4 +239,8 @@ def format_table(rows: list[dict]) -> str:
     title = (f"uplink to target: cumulative uplink bytes until test accuracy first reaches "
              f"{100.0 * target:.2f}% ({rows[0]['target_source']})" if target is not None
              else "uplink to target: no target accuracy (no FedAvg run and none given)")
+    unfinished = [row["name"] for row in rows if row["status"]]
+    if unfinished:
+        lines.append(f"not finished (running, or stopped: figures as of their last round): "
+                     f"{', '.join(unfinished)}")
     return "\n".join([title] + lines)

@@ -18,13 +18,14 @@ import torch
 
 from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_path, list_checkpoints,
-                                       prune_checkpoints, read_checkpoint, write_checkpoint)
+                                       prune_checkpoints, read_checkpoint, verify_checkpoint,
+                                       write_checkpoint)
 
 # Keys that may change on resume: they do not change what a round computes.
 SAFE_KEYS = {"run.rounds", "run.eval_every", "run.check_every", "run.checkpoint_every",
-             "run.keep_checkpoints", "run.label", "system.threads", "system.device",
-             "system.kernels", "system.cuda_aware_mpi", "system.allow_gpu_sharing",
-             "system.bank", "system.max_message_bytes"}
+             "run.checkpoint_minutes", "run.keep_checkpoints", "run.label", "system.threads",
+             "system.device", "system.kernels", "system.cuda_aware_mpi",
+             "system.allow_gpu_sharing", "system.bank", "system.max_message_bytes"}
 
 
 def _json_array(obj) -> np.ndarray:
@@ -149,12 +150,27 @@ def save(trainer, folder: Path, writer: BackgroundWriter | None = None):
     return path
 
 
-def resolve(resume: str, folder: Path) -> Path | None:
-    """The checkpoint named by --resume: a path, or 'latest' in ``folder`` (None if none yet)."""
-    if resume == "latest":
-        found = list_checkpoints(folder)
-        return found[-1] if found else None
-    return Path(resume)
+def resolve(resume: str, folder: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint named by --resume, and notes for the user.
+
+    For a path: that path (read_checkpoint refuses it later if it is unusable). For 'latest': the
+    newest checkpoint in ``folder`` that reads back whole (each candidate is verified), with a
+    note for each newer one refused; None if there is none yet."""
+    if resume != "latest":
+        return Path(resume), []
+    notes = []
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            notes.append(f"refused {err}")
+            continue
+        if notes:
+            notes.append(f"resuming from the newest good checkpoint instead: {path}")
+        return path, notes
+    if notes:
+        raise CheckpointError(f"no usable checkpoint in {folder}: {'; '.join(notes)}")
+    return None, notes
 
 
 def _flat(config: dict) -> dict[str, object]:
@@ -175,6 +191,10 @@ def restore(trainer, path: Path) -> None:
     """Load the checkpoint at ``path`` into ``trainer`` (every rank reads the file)."""
     arrays, attrs = read_checkpoint(path)
     check_compatible(path, attrs["config"], trainer.spec.to_dict())
+    if attrs["round"] > trainer.spec.run.rounds:
+        raise CheckpointError(f"checkpoint {path} is at round {attrs['round']}, past run.rounds = "
+                              f"{trainer.spec.run.rounds}: set run.rounds to at least "
+                              f"{attrs['round']} (--set run.rounds={attrs['round']})")
     counts = arrays["partition/counts"].tolist()
     if counts != [len(p) for p in trainer.parts] or not np.array_equal(
             arrays["partition/indices"], np.concatenate(trainer.parts)):

@@ -4,11 +4,17 @@ Layout: every array is a dataset at its name (``theta``, ``bank/rows``, ``client
 large integer arrays (partition indices, metrics text) are chunked and gzip-compressed, where it
 pays; float arrays are stored contiguous and raw, since trained weights barely compress and gzip
 made a 10M-parameter checkpoint 10x slower to write for a 20% smaller file; ``attrs`` go to the
-root group's
-attributes as JSON strings. No pickle anywhere. The checksum is BLAKE2b over every dataset's name,
-dtype, shape and bytes, in sorted name order, stored as the attribute ``checksum``.
+root group's attributes as JSON strings. No pickle anywhere.
+
+The checksum covers the whole file: the first 512 bytes (HDF5's "user block", which HDF5 leaves to
+the application) hold a header, ``MAGIC`` then one JSON line with the format version, the file's
+size and a BLAKE2b digest of every byte after the header. A reader checks it before HDF5 parses
+anything, so every byte that resume reads (arrays, attributes, HDF5's own metadata) is verified,
+and a damaged file is refused in one line: HDF5 itself can hang or fail in odd ways on damaged
+metadata.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -20,53 +26,89 @@ import numpy as np
 
 from lbgm_mpi.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 had no header (its checksum covered the arrays only)
+MAGIC = b"lbgm-mpi checkpoint\n"
+HEADER_BYTES = 512  # the smallest HDF5 user block
 CHECKPOINT_RE = re.compile(r"^round-(\d{6,})\.h5$")
 COMPRESS_MIN_BYTES = 1 << 20
+READ_CHUNK = 1 << 22
+HDF5_BYTES_PER_DATASET = 4096  # a generous bound on HDF5's metadata for one dataset
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
-def checksum(arrays: dict[str, np.ndarray]) -> str:
-    """Hex BLAKE2b digest of the arrays (names, dtypes, shapes and contents)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
                      before_rename=None) -> int:
     """Write ``arrays`` and ``attrs`` to ``path`` atomically; return the file size in bytes.
 
-    The data go to a temporary file in the same folder, which is flushed and fsync'ed, then renamed
-    over ``path``: a crash at any point leaves the previous file intact. ``before_rename`` is
-    called just before the rename (tests use it to kill the process there)."""
+    The data go to a temporary file in the same folder, which is sealed with its header, fsync'ed,
+    then renamed over ``path``: a crash at any point leaves the previous file intact. A write that
+    fails (a full disk) removes the temporary file and raises CheckpointError naming ``path``.
+    ``before_rename`` is called just before the rename (tests use it to kill the process there)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        for name, array in arrays.items():
-            array = np.ascontiguousarray(array)
-            big = (array.nbytes >= COMPRESS_MIN_BYTES and array.ndim >= 1
-                   and array.dtype.kind in "iub")
-            f.create_dataset(name, data=array, chunks=True if big else None,
-                             compression="gzip" if big else None,
-                             compression_opts=1 if big else None)
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value)
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["checksum"] = checksum(arrays)
-        f.flush()
-        os.fsync(f.id.get_vfd_handle())
+    _check_room(path, arrays)
+    try:
+        with h5py.File(tmp, "w", libver="latest", userblock_size=HEADER_BYTES) as f:
+            for name, array in arrays.items():
+                _write_array(f, name, np.ascontiguousarray(array))
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value)
+        _seal(tmp)
+    except (OSError, RuntimeError) as err:  # h5py reports a failed write as either
+        tmp.unlink(missing_ok=True)
+        full = getattr(err, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(err)
+        why = "the disk is full" if full else _first_line(err)
+        raise CheckpointError(f"cannot write checkpoint {path}: {why}; the checkpoints already "
+                              f"in {path.parent} are intact") from None
     if before_rename is not None:
         before_rename(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path.stat().st_size
+
+
+def _check_room(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a write that the free space of ``path``'s file system cannot hold.
+
+    Checked first because HDF5 reports some failed writes while it frees objects, which Python
+    passes to sys.excepthook, and the one that the CLI installs aborts the whole MPI job."""
+    need = sum(a.nbytes for a in arrays.values()) + HDF5_BYTES_PER_DATASET * (len(arrays) + 16)
+    st = os.statvfs(path.parent)
+    if st.f_bavail * st.f_frsize < need:
+        raise CheckpointError(f"cannot write checkpoint {path}: the disk is full "
+                              f"({st.f_bavail * st.f_frsize} bytes free, about {need} needed); "
+                              f"the checkpoints already in {path.parent} are intact")
+
+
+def _write_array(f: h5py.File, name: str, array: np.ndarray) -> None:
+    big = array.nbytes >= COMPRESS_MIN_BYTES and array.ndim >= 1 and array.dtype.kind in "iub"
+    f.create_dataset(name, data=array, chunks=True if big else None,
+                     compression="gzip" if big else None, compression_opts=1 if big else None)
+
+
+def _digest(f) -> tuple[str, int]:
+    """(BLAKE2b of the bytes after the header, size of the whole file) of the open file ``f``."""
+    h = hashlib.blake2b(digest_size=16)
+    f.seek(HEADER_BYTES)
+    size = HEADER_BYTES
+    while chunk := f.read(READ_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _seal(path: Path) -> None:
+    """Write the header (version, size, digest) into the user block of the closed HDF5 file."""
+    with open(path, "r+b") as f:
+        digest, size = _digest(f)
+        line = json.dumps({"format_version": FORMAT_VERSION, "size": size, "blake2b": digest})
+        f.seek(0)
+        f.write((MAGIC + line.encode()).ljust(HEADER_BYTES, b"\0"))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -77,36 +119,67 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _header(head: bytes, path: Path) -> dict:
+    """The parsed header of the checkpoint at ``path``, whose first bytes are ``head``."""
+    if head.startswith(b"\x89HDF"):
+        raise CheckpointError(f"checkpoint {path} has no lbgm-mpi header: it is of format "
+                              f"version 1, or not an lbgm-mpi checkpoint; this lbgm-mpi reads "
+                              f"format version {FORMAT_VERSION}")
+    try:
+        if not head.startswith(MAGIC):
+            raise ValueError("no lbgm-mpi header")
+        header = json.loads(head[len(MAGIC):].rstrip(b"\0"))
+        version, size, digest = header["format_version"], header["size"], header["blake2b"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, damaged or not an "
+                              f"lbgm-mpi checkpoint): {_first_line(err)}") from None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this lbgm-mpi "
+                              f"reads version {FORMAT_VERSION}")
+    return {"size": size, "blake2b": digest}
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointError naming ``path`` unless its bytes match its header (reads the file
+    once; parses no HDF5)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        header = _header(f.read(HEADER_BYTES), path)
+        digest, size = _digest(f)
+    if size != header["size"]:
+        raise CheckpointError(f"checkpoint {path} cannot be read: it was truncated or changed "
+                              f"after it was written ({size} bytes, its header says "
+                              f"{header['size']})")
+    if digest != header["blake2b"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
+
+
 def read_checkpoint(path: Path, names=None) -> tuple[dict[str, np.ndarray], dict]:
     """Read and verify a checkpoint; return (arrays, attrs).
 
-    Every dataset is read and the checksum verified, so a truncated or corrupted file is refused
-    with a CheckpointError naming it. ``names`` (optional) limits the arrays returned."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    The whole file is verified against its header first, so a truncated or corrupted file is
+    refused with a CheckpointError naming it. ``names`` (optional) limits the arrays returned."""
+    verify_checkpoint(path)
     try:
         with h5py.File(path, "r") as f:
-            version = int(f.attrs.get("format_version", -1))
-            if version != FORMAT_VERSION:
-                raise CheckpointError(f"checkpoint {path} has format version {version}; this "
-                                      f"lbgm-mpi reads version {FORMAT_VERSION}")
             arrays = {}
             f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
                          if isinstance(obj, h5py.Dataset) else None)
-            attrs = {k: json.loads(v) for k, v in f.attrs.items()
-                     if k not in ("format_version", "checksum")}
-            stored = f.attrs["checksum"]
-    except CheckpointError:
-        raise
-    except (OSError, KeyError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not an lbgm-mpi "
-                              f"checkpoint): {err}") from None
-    if checksum(arrays) != stored:
-        raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
+            attrs = {k: json.loads(v) for k, v in f.attrs.items()}
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        # the bytes are those written, so only a file written by something else gets here
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_first_line(err)}") from None
     if names is not None:
         arrays = {k: v for k, v in arrays.items() if k in names or k.split("/")[0] in names}
     return arrays, attrs
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def checkpoint_path(folder: Path, rnd: int) -> Path:
@@ -130,3 +203,17 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
         pid = stale.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
             stale.unlink(missing_ok=True)
+
+
+def set_aside_newer(folder: Path, rnd: int) -> list[Path]:
+    """Rename the checkpoints in ``folder`` newer than round ``rnd`` to ``NAME.superseded`` (kept,
+    but no longer found by list_checkpoints); return their new paths.
+
+    A run resumed from an older checkpoint replaces their future, and 'latest' must not jump back
+    to them later."""
+    moved = []
+    for path in list_checkpoints(folder):
+        if int(CHECKPOINT_RE.match(path.name).group(1)) > rnd:
+            moved.append(path.with_name(path.name + ".superseded"))
+            os.replace(path, moved[-1])
+    return moved

@@ -22,3 +22,20 @@ def on_every_rank(comm, fn, where: str = ""):
             print(f"lbgm-mpi: error{origin}: {error}", file=sys.stderr)
         raise SystemExit(2)
     return result
+
+
+def root_decides(comm, fn):
+    """Call ``fn()`` on the root only and return its result on every rank.
+
+    A UserError it raises is raised on every rank (so that ``on_every_rank`` around the caller
+    reports it once), instead of leaving the other ranks waiting for the root's answer."""
+    answer = None
+    if comm.is_root:
+        try:
+            answer = (fn(), None)
+        except UserError as err:
+            answer = (None, err)
+    result, error = comm.control_bcast(answer)
+    if error is not None:
+        raise error
+    return result

@@ -1,11 +1,13 @@
 """``lbgm-mpi plot`` (figures) and ``lbgm-mpi report`` (the comparison table) for run folders.
 
-Both read finished run folders (summary.json + metrics.jsonl) and need no config; under mpirun
-only the root rank does the work.
+Both read run folders (metrics.jsonl, and summary.json or, for a run still running or stopped,
+config.toml) and need no config; files among the arguments (the PNGs and tables written next to
+runs, as a shell's DIR/* lists them) are left out. Under mpirun only the root rank does the work.
 """
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from lbgm_mpi.errors import UserError
@@ -13,14 +15,14 @@ from lbgm_mpi.errors import UserError
 
 def register(sub) -> None:
     plot = sub.add_parser("plot", help="accuracy vs uplink bytes and vs round (PNG) for runs")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (finished or not)")
     plot.add_argument("--out", metavar="PREFIX", default=None,
                       help="write PREFIX_acc_vs_bytes.png, PREFIX_acc_vs_round.png (and "
                       "PREFIX_sweep.png); default: <folder holding the runs>/plot")
     plot.add_argument("--sweep", action="store_true",
                       help="also plot accuracy drop vs uplink savings against the one FedAvg run")
     report = sub.add_parser("report", help="print the comparison table of runs against FedAvg")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (finished or not)")
     report.add_argument("--target", type=_accuracy, default=None, metavar="ACC",
                         help="target accuracy for 'uplink to target', as a fraction (0.9) or in "
                         "percent (90); default 0.95 x FedAvg's best accuracy")
@@ -42,16 +44,25 @@ def _accuracy(text: str) -> float:
 
 
 def run_folders(paths: list[str]) -> list[Path]:
-    """The given run folders, after checking that each holds a finished run."""
-    folders = [Path(p) for p in paths]
-    for folder in folders:
-        if not folder.is_dir():
-            what = "is not a folder" if folder.exists() else "does not exist"
-            raise UserError(f"run folder {folder} {what}")
-        for name in ("summary.json", "metrics.jsonl"):
-            if not (folder / name).is_file():
-                raise UserError(f"run folder {folder} has no {name} (not a run folder, or the "
-                                "run did not finish)")
+    """The run folders among ``paths``, checked; files are left out, with a note on stderr."""
+    folders, files = [], []
+    for path in map(Path, paths):
+        if path.is_file():
+            files.append(path)
+        elif not path.is_dir():
+            raise UserError(f"run folder {path} does not exist")
+        elif not (path / "metrics.jsonl").is_file():
+            raise UserError(f"{path} has no metrics.jsonl: not a run folder, or its run has not "
+                            "finished a round yet")
+        elif not any((path / name).is_file() for name in ("summary.json", "config.toml")):
+            raise UserError(f"{path} has neither summary.json nor config.toml: not a run folder")
+        else:
+            folders.append(path)
+    if files:
+        print(f"lbgm-mpi: left out {len(files)} file(s), not run folders: "
+              f"{', '.join(map(str, files))}", file=sys.stderr)
+    if not folders:
+        raise UserError("no run folder among the arguments")
     return folders
 
 

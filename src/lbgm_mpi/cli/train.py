@@ -1,11 +1,19 @@
-"""``lbgm-mpi train`` (one run) and ``lbgm-mpi compare`` (several methods, same data and seed)."""
+"""``lbgm-mpi train`` (one run) and ``lbgm-mpi compare`` (several methods, same data and seed).
 
+Both hold their run folder (--out) locked while they run; a stop signal ends them after the
+current round with a checkpoint and exit 75, and the same command with ``--resume latest``
+continues (compare reads back the methods that finished, continues the interrupted one and runs
+the rest).
+"""
+
+import shlex
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from lbgm_mpi.cli.agree import on_every_rank
-from lbgm_mpi.errors import UserError
+from lbgm_mpi.cli.agree import on_every_rank, root_decides
+from lbgm_mpi.errors import AgreedError, UserError
 from lbgm_mpi.training.methods import METHODS, method_overrides
 
 
@@ -18,19 +26,24 @@ def register(sub) -> None:
                        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
         q.add_argument("--out", default=None, help="run folder (default runs/<config>-<time>)")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
+        q.set_defaults(needs_config=True, check=_check)
     train.add_argument("--resume", default=None, metavar="PATH|latest",
-                       help="continue from a checkpoint; 'latest' = newest in OUT/checkpoints "
-                            "(a fresh start if there is none)")
+                       help="continue from a checkpoint; 'latest' = newest good one in "
+                            "OUT/checkpoints (a fresh start if there is none)")
+    compare.add_argument("--resume", default=None, choices=["latest"],
+                         help="continue a stopped compare in OUT: finished methods are kept, the "
+                              "interrupted one continues from its newest checkpoint")
     compare.add_argument("--methods", default="fedavg,lbgm",
                          help=f"comma-separated, from: {', '.join(METHODS)}")
-    train.set_defaults(handler=cmd_train, needs_config=True, check=_check_train)
-    compare.set_defaults(handler=cmd_compare, needs_config=True,
-                         check=lambda args, spec: _methods(args.methods))
+    train.set_defaults(handler=cmd_train)
+    compare.set_defaults(handler=cmd_compare)
 
 
-def _check_train(args, spec) -> None:
+def _check(args, spec) -> None:
     if args.resume is not None and args.out is None:
         raise UserError("--resume needs --out: the run folder to continue")
+    if args.command == "compare":
+        _methods(args.methods)
 
 
 def _methods(text: str) -> list[str]:
@@ -50,6 +63,48 @@ def _out_dir(comm, args) -> Path:
     return Path("runs") / f"{Path(args.config).stem}-{stamp}"
 
 
+def _tell(comm, text: str) -> None:
+    """A notice from the root, shown even with --quiet."""
+    if comm.is_root:
+        print(f"lbgm-mpi: {text}", file=sys.stderr, flush=True)
+
+
+def _continue_command(args, out: Path) -> str:
+    """The command line that continues this train or compare after a stop."""
+    words = ["lbgm-mpi", args.command, args.config]
+    for override in args.overrides:
+        words += ["--set", override]
+    if args.command == "compare":
+        words += ["--methods", args.methods]
+    return shlex.join([*words, "--out", str(out), "--resume", "latest"])
+
+
+@contextmanager
+def _run_folder(comm, args, out: Path):
+    """Collective: run the block with the folder ``out`` locked (by the root) and stop signals
+    caught; yields the StopFlag.
+
+    A stop becomes exit 75 with the command that continues; a failure that every rank raised
+    together (AgreedError) becomes one line from the root and exit 2."""
+    from lbgm_mpi.training.runlock import RunLock
+    from lbgm_mpi.training.signals import PREEMPTED_EXIT_CODE, Preempted, StopFlag
+    lock = on_every_rank(comm, lambda: RunLock(out).acquire() if comm.is_root else None)
+    try:
+        for note in lock.notes() if lock else []:
+            _tell(comm, note)
+        yield StopFlag().install()
+    except Preempted as stop:
+        _tell(comm, f"{stop}; exit {PREEMPTED_EXIT_CODE}. Continue it, under the same launcher, "
+                    f"with: {_continue_command(args, out)}")
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    except AgreedError as err:
+        _tell(comm, f"error: {err}")
+        raise SystemExit(2) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
     """Construct a Trainer (resumed from a checkpoint if asked); a UserError on any rank ends
     every rank with one message."""
@@ -65,37 +120,43 @@ def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
 
 def _resume(trainer, resume) -> None:
     """Resume from the checkpoint named by --resume, as the root resolves it (so every rank
-    loads the same file); without --resume, insist on a folder no other run has used."""
+    loads the same file), and set aside the checkpoints newer than it; without --resume, insist
+    on a folder no other run has used."""
     from lbgm_mpi.checkpoint.state import resolve
+    from lbgm_mpi.checkpoint.store import set_aside_newer
+    comm, folder = trainer.comm, trainer.checkpoint_dir
     if resume is None:
         trainer.check_fresh_folder()
         return
-    root_path = resolve(resume, trainer.checkpoint_dir) if trainer.comm.is_root else None
-    path = trainer.comm.control_bcast(root_path)
+    path, notes = root_decides(comm, lambda: resolve(resume, folder))
+    for note in notes:
+        _tell(comm, note)
     if path is None:
-        trainer.progress.note(f"no checkpoint in {trainer.checkpoint_dir} yet: starting fresh")
+        trainer.progress.note(f"no checkpoint in {folder} yet: starting fresh")
         return
     trainer.resume(path)
+    moved = root_decides(comm, lambda: set_aside_newer(folder, trainer.round))
+    if moved:
+        _tell(comm, f"set aside {len(moved)} checkpoint(s) newer than round {trainer.round}, "
+                    f"which this run replaces: {', '.join(p.name for p in moved)}")
 
 
 def _plot(folders, prefix) -> None:
     """Accuracy against cumulative uplink bytes and against round, as PNGs next to the runs."""
     from lbgm_mpi.analysis.plots import plot_runs
-    for png in plot_runs(folders, prefix):
+    try:
+        written = plot_runs(folders, prefix)
+    except OSError as err:
+        raise UserError(f"cannot write the plots {prefix}_*.png: {err.strerror or err}") from None
+    for png in written:
         print(f"plot: {png}")
 
 
 def cmd_train(comm, args, spec) -> int:
-    from lbgm_mpi.training.signals import PREEMPTED_EXIT_CODE, Preempted, StopFlag
     out = _out_dir(comm, args)
-    trainer = build_trainer(comm, spec, out, args.quiet, args.resume, StopFlag().install())
-    try:
+    with _run_folder(comm, args, out) as stop:
+        trainer = build_trainer(comm, spec, out, args.quiet, args.resume, stop)
         summary = trainer.run()
-    except Preempted as stop:
-        if comm.is_root:
-            print(f"lbgm-mpi: {stop} (exit {PREEMPTED_EXIT_CODE}: resume with --resume latest)",
-                  file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
     if comm.is_root:
         _plot([out], out / "plot")
         print(f"run folder: {out}  best accuracy {100 * summary['best_acc']:.2f}%  "
@@ -106,12 +167,11 @@ def cmd_train(comm, args, spec) -> int:
 def cmd_compare(comm, args, spec) -> int:
     from lbgm_mpi.analysis.report import compare_table, format_table
     out = _out_dir(comm, args)
-    folders = []
-    for method in _methods(args.methods):
-        folder = out / method
-        variant = spec.replace(**method_overrides(method))
-        build_trainer(comm, variant, folder, args.quiet).run()
-        folders.append(folder)
+    folders = [out / method for method in _methods(args.methods)]
+    with _run_folder(comm, args, out) as stop:
+        for folder in folders:
+            variant = spec.replace(**method_overrides(folder.name))
+            build_trainer(comm, variant, folder, args.quiet, args.resume, stop).run()
     if comm.is_root:
         _plot(folders, out / "compare")
         print(format_table(compare_table(folders)))

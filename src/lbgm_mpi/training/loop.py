@@ -10,7 +10,7 @@ from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
 from lbgm_mpi.checkpoint.state import BackgroundWriter
 from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
-from lbgm_mpi.errors import ConfigError, UserError
+from lbgm_mpi.errors import AgreedError, ConfigError, UserError
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
@@ -206,17 +206,40 @@ class Trainer:
                             "--resume latest to continue it, or choose another --out")
 
     def run(self) -> dict:
-        """Train until run.rounds, checkpointing as configured; write summary.json (root).
+        """Train until run.rounds; write summary.json (root) and return the summary.
 
-        Raises Preempted on every rank, after a checkpoint, when a stop signal arrived."""
-        every = self.spec.run.checkpoint_every
+        Checkpoints every run.checkpoint_every rounds, whenever run.checkpoint_minutes have passed
+        since the last one (the root's clock decides for every rank), and at the end. Raises
+        Preempted on every rank, after a checkpoint, when a stop signal arrived; AgreedError on
+        every rank, without a checkpoint, when the global model became non-finite (the last
+        checkpoint stays the last good state)."""
+        saved, saved_at = self.round, time.monotonic()
         while self.round < self.spec.run.rounds:
             self.step()
+            finite, due = self.comm.control_bcast(
+                self._verdict(saved_at) if self.comm.is_root else None)
+            if not finite:
+                raise AgreedError(self._diverged(saved))
             if self.stop_agreed:
                 raise Preempted(self.round, self.checkpoint())
-            if every and self.round % every == 0 and self.round < self.spec.run.rounds:
+            if due and self.round < self.spec.run.rounds:
                 self.checkpoint(background=True)
-        self.checkpoint()
+                saved, saved_at = self.round, time.monotonic()
+        if saved != self.round:
+            self.checkpoint()
         by_rank = self.comm.control_gather_int(self.comm.bytes_sent - self.bytes_at_start)
         return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank,
                                                         **self.resources()})
+
+    def _verdict(self, saved_at: float) -> tuple[bool, bool]:
+        """(is the global model finite, is a checkpoint due), as the root sees them."""
+        every, minutes = self.spec.run.checkpoint_every, self.spec.run.checkpoint_minutes
+        due = bool(every and self.round % every == 0) or \
+            bool(minutes and time.monotonic() - saved_at >= 60.0 * minutes)
+        return bool(torch.isfinite(self.theta).all()), due
+
+    def _diverged(self, saved: int) -> str:
+        kept = f"the checkpoint of round {saved} stays the last good state" if saved else \
+            "and there is no earlier checkpoint"
+        return (f"the global model became non-finite in round {self.round} (training diverged: "
+                f"lower server.lr or clients.lr); it was not checkpointed, {kept}")

@@ -1,13 +1,27 @@
 """The run folder (written by the root rank only) and the live progress line."""
 
+import errno
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from lbgm_mpi.analysis.report import human_bytes
+from lbgm_mpi.analysis.report import human_bytes, summarize
 from lbgm_mpi.config import to_toml
+from lbgm_mpi.errors import UserError
+
+
+def write_file(path: Path, text: str, mode: str = "w") -> None:
+    """Write (or with mode "a", append) ``text`` to ``path``; a failure, such as a full disk,
+    is a UserError naming the file."""
+    try:
+        with open(path, mode) as f:
+            f.write(text)
+    except OSError as err:
+        why = "the disk is full" if err.errno == errno.ENOSPC else err.strerror or str(err)
+        raise UserError(f"cannot write {path}: {why}; the run stops here, its checkpoints are "
+                        "intact") from None
 
 
 class RunLog:
@@ -32,12 +46,12 @@ class RunLog:
         if not self.active:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.toml").write_text(to_toml(self.spec))
+        write_file(self.out_dir / "config.toml", to_toml(self.spec))
         clients = [{"client": k, "samples": len(p), "label_histogram": h}
                    for k, (p, h) in enumerate(zip(self.parts, self.histograms))]
-        (self.out_dir / "partition.json").write_text(json.dumps(
+        write_file(self.out_dir / "partition.json", json.dumps(
             {"partition": self.spec.data.partition, "clients": clients}, indent=1))
-        (self.out_dir / "metrics.jsonl").write_text("".join(_line(r) for r in self.rows))
+        write_file(self.out_dir / "metrics.jsonl", "".join(_line(r) for r in self.rows))
 
     def restore(self, rows: list[dict]) -> None:
         """Continue after ``rows`` (from a checkpoint)."""
@@ -49,29 +63,15 @@ class RunLog:
             self._open()
         self.rows.append(row)
         if self.active:
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(_line(row))
+            write_file(self.out_dir / "metrics.jsonl", _line(row), mode="a")
 
     def write_summary(self, num_params: int, extra: dict) -> dict:
         """Write summary.json from the rounds logged so far (plus ``extra``) and return it."""
         if not self.opened:
             self._open()
-        accs = [r["test_acc"] for r in self.rows if r["test_acc"] is not None]
-        total = lambda key: int(sum(r[key] for r in self.rows))
-        summary = {
-            "label": self.spec.label(), "algo": self.spec.algo.name,
-            "threshold": self.spec.algo.threshold if self.spec.algo.name == "lbgm" else None,
-            "compressor": self.spec.algo.compressor, "num_params": num_params, "rounds": len(self.rows),
-            "final_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
-            "total_uplink_bytes": total("uplink_bytes"),
-            "total_dense_uplink_bytes": total("dense_uplink_bytes"),
-            "total_downlink_bytes": total("downlink_bytes"), "total_mpi_bytes": total("mpi_bytes"),
-            "total_refreshes": total("refreshes"), "total_scalars": total("scalars"),
-            "total_time_s": float(sum(r["round_s"] for r in self.rows)),
-            **extra,
-        }
+        summary = {**summarize(self.rows, self.spec, num_params), **extra}
         if self.active:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_file(self.out_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
 
 

@@ -1,13 +1,20 @@
-"""Preemption: SIGUSR1 / SIGTERM ask the run to stop after the current round, with a checkpoint.
+"""Stopping a run: SIGUSR1, SIGTERM, SIGINT (Ctrl-C) or SIGHUP ask it to stop after the current
+round, with a checkpoint, and exit 75.
 
 The signal may reach only one rank; the flag it sets is shared with the others through the
 per-round bookkeeping gather (Trainer.step), so every rank stops after the same round.
+
+mpirun itself answers SIGTERM, SIGINT and SIGHUP by killing the ranks 0.5 s later, which is too
+short to finish a round; jobs/mpirun-local.sh and the SLURM templates therefore turn those signals
+into SIGUSR1, which mpirun passes on to every rank and otherwise ignores.
 """
 
 import signal
+import sys
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" -- job scripts requeue on it
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: a second Ctrl-C quit without a checkpoint
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Preempted(Exception):
@@ -20,7 +27,10 @@ class Preempted(Exception):
 
 
 class StopFlag:
-    """Set by SIGUSR1 / SIGTERM once installed; read by the training loop."""
+    """Set by any of STOP_SIGNALS once installed; read by the training loop.
+
+    A second SIGINT (Ctrl-C twice) is not a request but an interruption: it raises
+    KeyboardInterrupt, for a user who will not wait for the round to end."""
 
     def __init__(self):
         self.requested = False
@@ -32,5 +42,13 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = self.signal_name or name
+        if signum == signal.SIGINT:
+            # a terminal's Ctrl-C reaches a process run without mpirun: say what happens next
+            sys.stderr.write("\nlbgm-mpi: Ctrl-C: stopping after this round with a checkpoint "
+                             "(Ctrl-C again quits at once, without one)\n")
+            sys.stderr.flush()

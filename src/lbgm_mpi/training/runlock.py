@@ -1,0 +1,118 @@
+"""The run folder's lock: at most one run (train or compare) writes a folder at a time.
+
+The root rank holds an exclusive ``flock`` on ``OUT/.lock`` for as long as the run lives, and
+writes into the file who holds it (host, pid, start time, command). The kernel drops the lock when
+the process ends, however it ends, so a crashed run never blocks its folder: the next run finds the
+old holder's line, says that it takes over, and goes on. The file is emptied on release but never
+removed: removing it would let a late opener lock a file that no longer has the name.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from lbgm_mpi.errors import UserError
+
+LOCK_NAME = ".lock"
+# flock() answers these where the file system cannot lock (e.g. Lustre mounted without flock)
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def _holder_text(raw: str) -> str:
+    """A holder record as words: "pid 12 on host n1, started 2026-01-01 10:00:00, command ..."."""
+    try:
+        h = json.loads(raw)
+        return (f"pid {h['pid']} on host {h['host']}, started {h['started']}, "
+                f"command: {h['command']}")
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable holder record {raw[:80]!r}"
+
+
+def make_folder(folder: Path, what: str = "--out") -> None:
+    """Create ``folder`` (and its parents); a path that cannot be a folder is a UserError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{what} {folder} is a file, not a folder: choose another {what}") from None
+    except OSError as err:
+        raise UserError(f"{what} {folder}: cannot create the folder ({err.strerror})") from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held by one process; see the module docstring."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+        self.taken_over = ""  # the holder record a crashed run left behind, if any
+        self.unlocked = False  # True where the file system has no locks (a warning is due)
+
+    def acquire(self) -> "RunLock":
+        """Take the lock (creating the folder); raise UserError naming the holder if it is held."""
+        make_folder(self.folder)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserError(f"--out {self.folder} is not writable ({err.strerror}): choose "
+                            "another --out") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                holder = _holder_text(self._read())
+                self._close()
+                raise UserError(f"{self.folder} is in use by another run ({holder}): wait for "
+                                "it to end, or choose another --out") from None
+            self.unlocked = True
+        self.taken_over = self._read()
+        try:
+            self._write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                    "command": " ".join(["lbgm-mpi", *sys.argv[1:]])}))
+        except OSError as err:  # a full disk
+            self._close()
+            raise UserError(f"--out {self.folder}: cannot write {self.path} "
+                            f"({err.strerror})") from None
+        return self
+
+    def notes(self) -> list[str]:
+        """What the user should hear about this lock (a takeover, or no locking at all)."""
+        notes = []
+        if self.taken_over:
+            notes.append(f"taking over {self.folder}: the run that held it "
+                         f"({_holder_text(self.taken_over)}) ended without releasing it")
+        if self.unlocked:
+            notes.append(f"warning: the file system of {self.folder} cannot lock files; make "
+                         "sure no other run writes to this folder")
+        return notes
+
+    def release(self) -> None:
+        """Empty the holder record and drop the lock (the file stays; see the module docstring)."""
+        if self.fd is None:
+            return
+        self._write("")
+        self._close()
+
+    def _read(self) -> str:
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return os.read(self.fd, 4096).decode(errors="replace").strip()
+
+    def _write(self, text: str) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text.encode(), 0)
+
+    def _close(self) -> None:
+        os.close(self.fd)  # closing the last descriptor drops the flock
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
