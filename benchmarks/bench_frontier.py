@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/bench_frontier.py [--seeds 0,1,2] [--jobs 2]
         [--runs runs/frontier] [--out benchmarks/results/frontier] [--stage all|runs|report]
+        [--settings mnist1d-10,digits-10,digits-4,mnist1d-4]
 
 Four settings, each the project's default job (configs/default.toml: MLP or CNN, 2 local epochs
 of minibatch SGD at lr 0.1, 50 rounds, 3-class shards) with 10 or 4 clients:
@@ -51,16 +52,18 @@ STYLE = {"fedavg": ("black", "*"), "lbgm": ("tab:blue", "o"), "lbgm-m2": ("tab:o
 def settings() -> dict[str, list[str]]:
     """Setting name -> config overrides, e.g. "mnist1d-10" (MNIST-1D, 10 clients), in the order
     they run: the issue's target setting first."""
-    order = ("mnist1d-10", "digits-10", "mnist1d-4", "digits-4")
+    order = ("mnist1d-10", "digits-10", "digits-4", "mnist1d-4")
     return {name: [*DATASETS[name.split("-")[0]], f"clients.count={name.split('-')[1]}"]
             for name in order}
 
 
-def jobs(seeds: list[int]) -> list[tuple[str, list[str], list[str]]]:
-    """(run folder relative to --runs, methods, overrides) of every compare launch, setting by
-    setting, seed by seed."""
+def jobs(seeds: list[int], chosen: list[str]) -> list[tuple[str, list[str], list[str]]]:
+    """(run folder relative to --runs, methods, overrides) of every compare launch of the
+    ``chosen`` settings, setting by setting, seed by seed."""
     out = []
     for setting, overrides in settings().items():
+        if setting not in chosen:
+            continue
         data = setting.split("-")[0]
         for seed in seeds:
             base = [*overrides, f"run.seed={seed}"]
@@ -91,8 +94,8 @@ def launch(runs: Path, folder: str, methods: list[str], overrides: list[str]) ->
     return f"{folder}: {time.perf_counter() - start:.0f} s"
 
 
-def run_all(runs: Path, seeds: list[int], workers: int) -> None:
-    todo = jobs(seeds)
+def run_all(runs: Path, seeds: list[int], chosen: list[str], workers: int) -> None:
+    todo = jobs(seeds, chosen)
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         for i, line in enumerate(pool.map(lambda j: launch(runs, *j), todo), start=1):
@@ -233,11 +236,13 @@ def main() -> None:
     p.add_argument("--runs", default="runs/frontier", help="run folders (kept between calls)")
     p.add_argument("--out", default="benchmarks/results/frontier", help="prefix of the results")
     p.add_argument("--stage", choices=("all", "runs", "report"), default="all")
+    p.add_argument("--settings", default=",".join(settings()),
+                   help="which settings to run (the report shows every finished one)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs)
     if args.stage in ("all", "runs"):
-        run_all(runs, seeds, args.jobs)
+        run_all(runs, seeds, args.settings.split(","), args.jobs)
     if args.stage in ("all", "report"):
         report(runs, seeds, Path(args.out))
 

@@ -99,3 +99,28 @@ def test_seed_selection_and_errors(tmp_path):
         seed_table(runs + [twice])
     no_ref = seed_table([r for r in runs if r.label == "lbgm"])
     assert no_ref[0]["uplink_savings_pct"] is None and no_ref[0]["best_acc_pct"] is not None
+
+
+# ---- compare --seeds and report --seeds -------------------------------------------------------
+
+@pytest.mark.mpi
+def test_compare_and_report_over_seeds(tmp_path):
+    """Each seed's runs equal a plain compare at that seed; the table is over both seeds, and
+    report --seeds prints the same table from the run folders."""
+    from conftest import FAST, lbgm, read_metrics, without_timing
+    common = ["configs/default.toml", *FAST, "--set", "run.rounds=4", "--methods", "fedavg,lbgm",
+              "--quiet"]
+    out = lbgm(2, "compare", *common, "--seeds", "3,1", "--out", str(tmp_path / "cmp")).stdout
+    lbgm(2, "compare", *common, "--set", "run.seed=1", "--out", str(tmp_path / "one"))
+    for method in ("fedavg", "lbgm"):
+        assert without_timing(read_metrics(tmp_path / "cmp" / "seed-1" / method)) == \
+            without_timing(read_metrics(tmp_path / "one" / method))
+    table = out[out.index("mean ± sample"):out.index("run folders")].strip()
+    assert [line.split()[:2] for line in table.splitlines()[3:]] == [["fedavg", "1,3"],
+                                                                     ["lbgm", "1,3"]]
+    assert (tmp_path / "cmp" / "compare_seeds.png").stat().st_size > 0
+    folders = sorted(str(p) for p in (tmp_path / "cmp").glob("seed-*/*") if p.is_dir())
+    report = lbgm(1, "report", "--seeds", "1,3", *folders, timeout=60).stdout
+    assert report.strip() == table
+    missing = lbgm(1, "report", "--seeds", "1,2", *folders, timeout=60, check=False)
+    assert missing.returncode != 0 and "has no run with seed 2" in missing.stderr

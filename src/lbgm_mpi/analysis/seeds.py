@@ -39,6 +39,17 @@ def spread(values: list[float | None]) -> Spread | None:
     return Spread(mean, math.sqrt(var), len(values))
 
 
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from "0,1,2": distinct integers >= 0, in the order given (ValueError otherwise)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of integers") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{text!r}: give distinct seeds >= 0, such as 0,1,2")
+    return seeds
+
+
 def seed_of(run: Run) -> int:
     """The run's ``run.seed``, from the config.toml the trainer wrote into its folder."""
     with open(run.path / "config.toml", "rb") as f:
