@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lbgm_mpi.analysis.report import human_bytes, load_run
-from lbgm_mpi.analysis.seeds import LAST, rows_to_json, seed_table
+from lbgm_mpi.analysis.seeds import LAST, rows_to_json, seed_table, spread
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/default.toml"
@@ -41,6 +41,10 @@ DATASETS = {"digits": [],
 THRESHOLDS = {"digits": (0.02, 0.05, 0.1, 0.2, 0.4), "mnist1d": (0.02, 0.05, 0.1, 0.2)}
 THRESHOLD_METHODS = ("lbgm", "lbgm-m2", "lbgm-m3", "lbgm-decay", "lbgm-m3-decay", "powersgd+lbgm")
 RECYCLE = {"digits": (1,), "mnist1d": (1, 2)}
+# bytes over time: the runs at SCHEDULE_T, and lbgm / lbgm-m3 there after WARMUP dense rounds
+SCHEDULE_T = 0.2
+WARMUP, WARMUP_METHODS = 5, ("lbgm", "lbgm-m3")
+PARTS = 5  # the table of bytes over time splits each run into this many spans of rounds
 WITHIN_PT = 3.0  # the frontier table: best saving within this many points of FedAvg's last-5
 # method -> (colour, marker) in the figure
 STYLE = {"fedavg": ("black", "*"), "lbgm": ("tab:blue", "o"), "lbgm-m2": ("tab:orange", "s"),
@@ -74,6 +78,8 @@ def jobs(seeds: list[int], chosen: list[str]) -> list[tuple[str, list[str], list
             for t in THRESHOLDS[data]:
                 out.append((f"{where}/t{t:g}", list(THRESHOLD_METHODS),
                             [*base, f"algo.threshold={t}"]))
+            out.append((f"{where}/warmup", list(WARMUP_METHODS),
+                        [*base, f"algo.threshold={SCHEDULE_T}", f"algo.warmup_rounds={WARMUP}"]))
     return out
 
 
@@ -117,7 +123,8 @@ def setting_points(runs: Path, setting: str, seeds: list[int]) -> list[dict]:
     """One point per (method, launch folder) of a setting: the seed table's row of the method,
     against the FedAvg run of each seed, with its parameter; only folders every seed has."""
     folders = [runs / setting / f"seed-{s}" for s in seeds]
-    tags = sorted(set.intersection(*[{p.name for p in f.iterdir()} for f in folders]))
+    tags = sorted(set.intersection(*[{p.name for p in f.iterdir()} for f in folders])
+                  - {"warmup"})
     fedavg = [load_run(f / "base" / "fedavg") for f in folders]
     points = []
     for tag in tags:
@@ -205,12 +212,44 @@ def plot(all_points: dict[str, list[dict]], out_png: Path) -> Path:
     return out_png
 
 
+def bytes_over_time(runs: Path, setting: str, seeds: list[int]) -> list[dict]:
+    """Per method at threshold SCHEDULE_T (and with warm-up): the uplink of each of PARTS equal
+    spans of rounds as a share of FedAvg's (dense) uplink in that span, in percent, mean and
+    spread over seeds; methods with a missing run are left out."""
+    rows = []
+    cases = [(f"t{SCHEDULE_T:g}", m, m) for m in THRESHOLD_METHODS if m != "powersgd+lbgm"]
+    cases += [("warmup", m, f"{m}, {WARMUP} warm-up rounds") for m in WARMUP_METHODS]
+    for tag, method, name in cases:
+        folders = [runs / setting / f"seed-{s}" / tag / method for s in seeds]
+        if not all((f / "summary.json").exists() for f in folders):
+            continue
+        shares = []
+        for f in folders:
+            rounds = load_run(f).rounds
+            spans = [rounds[i * len(rounds) // PARTS:(i + 1) * len(rounds) // PARTS]
+                     for i in range(PARTS)]
+            shares.append([100.0 * sum(r["uplink_bytes"] for r in span)
+                           / sum(r["dense_uplink_bytes"] for r in span) for span in spans])
+        rows.append({"label": name, "shares": [spread(list(col)) for col in zip(*shares)]})
+    return rows
+
+
+def format_bytes_over_time(setting: str, rows: list[dict]) -> str:
+    lines = [f"== {setting}: uplink per fifth of the rounds, % of FedAvg's, at threshold "
+             f"{SCHEDULE_T:g}"]
+    lines += [f"   {r['label']:<30} " + "  ".join(f"{_pm(x):>11}" for x in r["shares"])
+              for r in rows]
+    return "\n".join(lines)
+
+
 def report(runs: Path, seeds: list[int], out: Path) -> None:
     """Print and write the tables (text, JSON) and the figure from the finished runs."""
     all_points = {s: setting_points(runs, s, seeds) for s in settings()
                   if all((runs / s / f"seed-{x}" / "base" / "fedavg" / "summary.json").exists()
                          for x in seeds)}
-    text = "\n\n".join(format_points(s, p) for s, p in all_points.items())
+    over_time = {s: bytes_over_time(runs, s, seeds) for s in all_points}
+    text = "\n\n".join([format_points(s, p) for s, p in all_points.items()]
+                       + [format_bytes_over_time(s, r) for s, r in over_time.items()])
     print(text)
     command = " ".join(["python"] + sys.argv)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +262,11 @@ def report(runs: Path, seeds: list[int], out: Path) -> None:
               "settings": {s: {"overrides": settings()[s], "points": rows_to_json(p),
                                "frontier": [{"label": f["label"], "point": f["point"] and
                                              rows_to_json([f["point"]])[0]}
-                                            for f in frontier(p)]}
+                                            for f in frontier(p)],
+                               "uplink_share_by_fifth": [
+                                   {"label": r["label"],
+                                    "shares": [x.to_dict() for x in r["shares"]]}
+                                   for r in over_time[s]]}
                            for s, p in all_points.items()}}
     Path(f"{out}.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out}.txt, {out}.json, {plot(all_points, Path(f'{out}.png'))}")
