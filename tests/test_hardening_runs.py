@@ -12,18 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics
+from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics, without_timing
 from lbgm_mpi.checkpoint.store import list_checkpoints, read_checkpoint
 
-TIMING = ("round_s", "comm_s")
 RUN = ["configs/default.toml", *FAST, "--set", "algo.threshold=0.3", "--quiet"]
 # about 0.15 s a round on one core: long enough to be stopped after a few rounds
 SLOW = [*FAST, "--set", "data.synthetic_samples=8000", "--quiet"]
 WAIT_S = 120
-
-
-def _without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 def _rows(run_dir: Path) -> int:
@@ -137,7 +132,7 @@ def test_a_stop_signal_to_the_launcher_checkpoints_at_two_ranks(tmp_path, sig):
     total = ["--set", f"run.rounds={stopped + 2}"]
     lbgm(2, "train", *RUN, *total, "--out", str(run), "--resume", "latest")
     lbgm(2, "train", *RUN, *total, "--out", str(tmp_path / "whole"))
-    assert _without_timing(read_metrics(run)) == _without_timing(read_metrics(tmp_path / "whole"))
+    assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "whole"))
 
 
 def test_ctrl_c_on_a_one_rank_run_checkpoints(tmp_path):
@@ -178,8 +173,8 @@ def test_compare_stops_with_a_checkpoint_and_its_advice_continues_it(tmp_path):
     lbgm(2, "compare", "configs/default.toml", *SLOW, *methods, "--out", str(whole))
     assert read_metrics(cut / "fedavg") == fedavg_rows, "a finished method was run again"
     for method in ("fedavg", "lbgm"):
-        assert _without_timing(read_metrics(cut / method)) == \
-            _without_timing(read_metrics(whole / method)), method
+        assert without_timing(read_metrics(cut / method)) == \
+            without_timing(read_metrics(whole / method)), method
 
 
 # ---- 5. resume rules ------------------------------------------------------------------------
