@@ -185,7 +185,7 @@ def plot(all_points: dict[str, list[dict]], out_png: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     for ax, (setting, points) in zip(axes.flat, all_points.items()):
         for label, (colour, marker) in STYLE.items():
@@ -201,16 +201,18 @@ def plot(all_points: dict[str, list[dict]], out_png: Path) -> Path:
         ax.axhline(_fedavg(points)["last_acc_pct"].mean - WITHIN_PT, color="gray", linestyle=":",
                    linewidth=1)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels within a decade
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(setting)
         ax.set_xlabel("uplink bytes in all (log scale)")
         ax.set_ylabel(f"last-{LAST} test accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)
-    axes.flat[0].legend(fontsize="small", loc="lower right")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small")
     fig.suptitle(f"Accuracy against uplink: mean over seeds, bars one standard deviation; dotted: "
                  f"FedAvg - {WITHIN_PT:g} points")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the legend below the panels
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=130)
     plt.close(fig)
