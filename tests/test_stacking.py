@@ -65,7 +65,7 @@ def _columns(rows):
 def test_every_method_does_not_depend_on_rank_count(runs, np_):
     for method in METHODS:
         ref, got = read_metrics(runs[1] / method), read_metrics(runs[np_] / method)
-        if method != "fedavg":
+        if method not in ("fedavg", "fedluar"):  # both sum by Allreduce
             assert _columns(got) == _columns(ref), method
             continue
         for a, b in zip(ref, got):  # the dense Allreduce sums in rank order

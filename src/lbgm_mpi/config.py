@@ -122,7 +122,7 @@ class Clients:
 
 @dataclass(frozen=True)
 class Algo:
-    name: str = "lbgm"        # fedavg (dense Allreduce) | lbgm (look-back gradient multiplier)
+    name: str = "lbgm"        # fedavg (dense Allreduce) | lbgm (look-back gradient multiplier) | fedluar (layer-wise update recycling)
     threshold: float = 0.2    # lbgm: send a scalar iff sin^2(angle(g, b)) <= threshold; 0 = always refresh
     granularity: str = "model"  # lbgm: model (one scalar per client) | layer (per tensor; no compressor)
     compressor: str = "none"  # none | topk | randomk | sign | lowrank | powersgd (runs before LBGM)
@@ -132,9 +132,10 @@ class Algo:
     lookback: int = 1         # lbgm: m, look-back gradients per client (its last m refreshes); m coefficients per scalar send; 1 = the paper's LBGM
     threshold_decay: float = 1.0  # lbgm: the threshold is multiplied by this once per round (1 = constant)
     warmup_rounds: int = 0    # lbgm: rounds at the start in which every client refreshes (threshold 0)
+    recycle_layers: int = 1   # fedluar: weight tensors whose last update the server reuses each round instead of receiving them (0 = FedAvg)
 
     def __post_init__(self):
-        _one_of(self.name, "algo.name", ("fedavg", "lbgm"))
+        _one_of(self.name, "algo.name", ("fedavg", "lbgm", "fedluar"))
         _one_of(self.compressor, "algo.compressor",
                 ("none", "topk", "randomk", "sign", "lowrank", "powersgd"))
         _check(0.0 < self.ratio <= 1.0, "algo.ratio", "must be in (0, 1]")
@@ -149,6 +150,10 @@ class Algo:
         _check(0.0 < self.threshold_decay <= 1.0, "algo.threshold_decay",
                f"{self.threshold_decay} is outside (0, 1] (1 keeps the threshold constant)")
         _check(self.warmup_rounds >= 0, "algo.warmup_rounds", "must be >= 0")
+        _check(self.recycle_layers >= 0, "algo.recycle_layers", "must be >= 0")
+        _check(not (self.name == "fedluar" and self.compressor != "none"), "algo.compressor",
+               f"{self.compressor!r} cannot be combined with algo.name = \"fedluar\" (it sends "
+               "raw tensors): set algo.compressor = \"none\"")
         _check(not (self.name == "lbgm" and self.compressor != "none"
                     and self.granularity == "layer"), "algo.granularity",
                f"'layer' cannot be stacked on algo.compressor = {self.compressor!r} (a compressor "
@@ -217,6 +222,8 @@ class RunSpec:
             return self.run.label
         if self.algo.name == "lbgm":
             return f"lbgm(t={self.algo.threshold:g})"
+        if self.algo.name == "fedluar":
+            return f"fedluar(r={self.algo.recycle_layers})"
         return self.algo.name
 
     def replace(self, **sections) -> "RunSpec":

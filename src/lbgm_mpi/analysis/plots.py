@@ -113,6 +113,31 @@ def plot_runs(run_dirs: list[str | Path], out_png_prefix: str | Path) -> list[Pa
             _accuracy_vs_round(runs, Path(f"{prefix}_acc_vs_round.png"))]
 
 
+def plot_seed_spread(groups: dict[str, dict[int, Run]], out_png: str | Path) -> Path:
+    """Test accuracy against round over seeds: per method (``groups`` as
+    analysis.seeds.group_by_method returns them) the mean over its seeds, in a band of one sample
+    standard deviation, at the rounds every seed evaluated."""
+    from lbgm_mpi.analysis.seeds import spread
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
+    for (label, by_seed), style in zip(groups.items(), styles(len(groups))):
+        curves = [{r["round"]: r["test_acc"] for r in run.rounds if r["test_acc"] is not None}
+                  for run in by_seed.values()]
+        rounds = sorted(set.intersection(*(set(c) for c in curves)))
+        stats = [spread([100.0 * c[r] for c in curves]) for r in rounds]
+        mean = [s.mean for s in stats]
+        ax.plot(rounds, mean, label=f"{label} ({len(curves)} seeds)", markevery=_every(rounds),
+                **style)
+        ax.fill_between(rounds, [m - s.std for m, s in zip(mean, stats)],
+                        [m + s.std for m, s in zip(mean, stats)], color=style["color"],
+                        alpha=0.2, linewidth=0)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy vs round: mean over seeds, band one standard deviation")
+    ax.grid(True, alpha=0.3)
+    _legend_outside(ax, title="method")
+    return _save(fig, out_png)
+
+
 def _sweep_point(run: Run, ref: Run) -> tuple[float, float]:
     """(uplink savings %, accuracy drop in points) of ``run`` against the FedAvg run ``ref``."""
     saving = 100.0 * (1.0 - run.summary["total_uplink_bytes"] / ref.summary["total_uplink_bytes"])

@@ -1,4 +1,5 @@
-"""``lbgm-mpi plot`` (figures) and ``lbgm-mpi report`` (the comparison table) for run folders.
+"""``lbgm-mpi plot`` (figures) and ``lbgm-mpi report`` (the comparison table, or with --seeds
+the table of each method's mean and spread over seeds) for run folders.
 
 Both read run folders (metrics.jsonl, and summary.json or, for a run still running or stopped,
 config.toml) and need no config; files among the arguments (the PNGs and tables written next to
@@ -28,6 +29,9 @@ def register(sub) -> None:
                         "percent (90); default 0.95 x FedAvg's best accuracy")
     report.add_argument("--json", metavar="FILE", default=None,
                         help="also write the table's raw numbers to FILE")
+    report.add_argument("--seeds", default=None, metavar="S,S,...",
+                        help="one row per method (run label) with its mean and spread over these "
+                        "seeds (each method needs a run of every seed; other seeds are left out)")
     plot.set_defaults(handler=cmd_plot)
     report.set_defaults(handler=cmd_report)
 
@@ -92,6 +96,8 @@ def cmd_report(comm, args, spec) -> int:
         return 0
     from lbgm_mpi.analysis.report import compare_table, format_table
     folders = run_folders(args.runs)
+    if args.seeds is not None:
+        return _report_seeds(folders, args)
     try:
         rows = compare_table(folders, args.target)
     except ValueError as err:  # several FedAvg runs
@@ -100,4 +106,20 @@ def cmd_report(comm, args, spec) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{"run_dir": str(f), **row} for f, row in zip(folders, rows)], indent=1))
+    return 0
+
+
+def _report_seeds(folders: list[Path], args) -> int:
+    """The table over seeds (analysis/seeds.py) of the runs in ``folders``."""
+    from lbgm_mpi.analysis.report import load_run
+    from lbgm_mpi.analysis.seeds import format_seed_table, parse_seeds, rows_to_json, seed_table
+    if args.target is not None:
+        raise UserError("--target applies to the one-seed table: leave it out with --seeds")
+    try:
+        rows = seed_table([load_run(f) for f in folders], parse_seeds(args.seeds))
+    except ValueError as err:  # a bad --seeds, a missing seed, a label twice for one seed
+        raise UserError(f"--seeds: {err}") from None
+    print(format_seed_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows_to_json(rows), indent=1))
     return 0

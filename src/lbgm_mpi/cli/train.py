@@ -1,4 +1,5 @@
-"""``lbgm-mpi train`` (one run) and ``lbgm-mpi compare`` (several methods, same data and seed).
+"""``lbgm-mpi train`` (one run) and ``lbgm-mpi compare`` (several methods, same data and seed;
+with --seeds, once per seed, and a table of the mean and spread over the seeds).
 
 Both hold their run folder (--out) locked while they run; a stop signal ends them after the
 current round with a checkpoint and exit 75, and the same command with ``--resume latest``
@@ -35,6 +36,9 @@ def register(sub) -> None:
                               "interrupted one continues from its newest checkpoint")
     compare.add_argument("--methods", default="fedavg,lbgm",
                          help=f"comma-separated, from: {', '.join(METHODS)}")
+    compare.add_argument("--seeds", default=None, metavar="S,S,...",
+                         help="run every method once per seed (run.seed), into OUT/seed-S/METHOD, "
+                              "and print each method's mean and spread over the seeds")
     train.set_defaults(handler=cmd_train)
     compare.set_defaults(handler=cmd_compare)
 
@@ -44,6 +48,7 @@ def _check(args, spec) -> None:
         raise UserError("--resume needs --out: the run folder to continue")
     if args.command == "compare":
         _methods(args.methods)
+        _seeds(args.seeds)
 
 
 def _methods(text: str) -> list[str]:
@@ -54,6 +59,17 @@ def _methods(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise UserError(f"--methods: {text!r} names a method twice")
     return names
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """The seeds of --seeds (None without it)."""
+    from lbgm_mpi.analysis.seeds import parse_seeds
+    if text is None:
+        return None
+    try:
+        return parse_seeds(text)
+    except ValueError as err:
+        raise UserError(f"--seeds: {err}") from None
 
 
 def _out_dir(comm, args) -> Path:
@@ -76,6 +92,7 @@ def _continue_command(args, out: Path) -> str:
         words += ["--set", override]
     if args.command == "compare":
         words += ["--methods", args.methods]
+        words += ["--seeds", args.seeds] if args.seeds else []
     return shlex.join([*words, "--out", str(out), "--resume", "latest"])
 
 
@@ -167,16 +184,53 @@ def cmd_train(comm, args, spec) -> int:
     return 0
 
 
+def _compare_plan(spec, out: Path, methods: list[str], seeds: list[int] | None):
+    """(run folder, config) of each run of a compare: OUT/METHOD, or OUT/seed-S/METHOD for each
+    of ``seeds`` (seed by seed)."""
+    if seeds is None:
+        return [(out / m, spec.replace(**method_overrides(m))) for m in methods]
+    plan = []
+    for seed in seeds:
+        for m in methods:
+            sections = method_overrides(m)
+            sections["run"]["seed"] = seed
+            plan.append((out / f"seed-{seed}" / m, spec.replace(**sections)))
+    return plan
+
+
 def cmd_compare(comm, args, spec) -> int:
-    from lbgm_mpi.analysis.report import compare_table, format_table
     out = _out_dir(comm, args)
-    folders = [out / method for method in _methods(args.methods)]
+    seeds = _seeds(args.seeds)
+    plan = _compare_plan(spec, out, _methods(args.methods), seeds)
     with _run_folder(comm, args, out) as stop:
-        for folder in folders:
-            variant = spec.replace(**method_overrides(folder.name))
+        for folder, variant in plan:
             build_trainer(comm, variant, folder, args.quiet, args.resume, stop).run()
     if comm.is_root:
-        _plot(folders, out / "compare")
-        print(format_table(compare_table(folders)))
-        print(f"run folders: {out}/{{{','.join(f.name for f in folders)}}}")
+        folders = [folder for folder, _ in plan]
+        if seeds is None:
+            _report_one_seed(out, folders)
+        else:
+            _report_seeds(out, folders, seeds)
     return 0
+
+
+def _report_one_seed(out: Path, folders: list[Path]) -> None:
+    from lbgm_mpi.analysis.report import compare_table, format_table
+    _plot(folders, out / "compare")
+    print(format_table(compare_table(folders)))
+    print(f"run folders: {out}/{{{','.join(f.name for f in folders)}}}")
+
+
+def _report_seeds(out: Path, folders: list[Path], seeds: list[int]) -> None:
+    """Each seed's plots in its folder; the table over seeds, and its spread plot in OUT."""
+    from lbgm_mpi.analysis.plots import plot_seed_spread
+    from lbgm_mpi.analysis.report import load_run
+    from lbgm_mpi.analysis.seeds import format_seed_table, group_by_method, seed_table
+    for seed in seeds:
+        _plot([f for f in folders if f.parent.name == f"seed-{seed}"], out / f"seed-{seed}" /
+              "compare")
+    runs = [load_run(f) for f in folders]
+    print(f"plot: {plot_seed_spread(group_by_method(runs, seeds), out / 'compare_seeds.png')}")
+    print(format_seed_table(seed_table(runs, seeds)))
+    print(f"run folders: {out}/seed-{{{','.join(map(str, seeds))}}}/"
+          f"{{{','.join(dict.fromkeys(f.name for f in folders))}}}")

@@ -473,11 +473,17 @@ def make_bank(spec, comm, topology, bounds, kernels, device):
     return bank, delta
 
 
-def make_exchange(spec, comm, topology, layout, device="cpu", timer=None) -> Exchange:
+def make_exchange(spec, comm, topology, layout, device="cpu", timer=None,
+                  theta: torch.Tensor | None = None) -> Exchange:
     """The exchange of the configured algorithm and compressor, its tensors on ``device``;
-    ``timer`` (a PhaseTimer) is charged with the exchange's phases."""
+    ``timer`` (a PhaseTimer) is charged with the exchange's phases; ``theta`` is the model vector,
+    which FedLUAR reads to choose the layers it recycles."""
     if spec.algo.name == "fedavg" and spec.algo.compressor == "none":
         return FedAvgExchange(comm, topology, layout.size, device, timer)
+    if spec.algo.name == "fedluar":
+        from lbgm_mpi.training.recycling import RecyclingExchange  # it builds on this module
+        return RecyclingExchange(comm, topology, layout, theta, spec.algo.recycle_layers,
+                                 spec.run.seed, device, timer)
     kernels = select_kernels(spec.system.kernels)
     compressors = client_compressors(spec, topology, layout)
     bounds = layout.bounds_tensor()

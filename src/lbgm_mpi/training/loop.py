@@ -66,7 +66,8 @@ class Trainer:
                                       self.device, self.layout.param_size)
         self.variances = self.layout.slices_named("running_var")
         self.timer = PhaseTimer(self.device)
-        self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device, self.timer)
+        self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device, self.timer,
+                                      self.theta)
         self.writer = BackgroundWriter()
         if self.exchange.bank is not None:  # the bank changes only once a checkpoint is written
             self.exchange.bank.guard = self.writer.wait_data
@@ -268,4 +269,3 @@ class Trainer:
                 f"{self.spec.clients.count}, {self.num_params:,} parameters, {bank_text}, "
                 f"device {self.device}, {self.comm.library_version()} "
                 f"({'CUDA-aware' if aware else 'not CUDA-aware'})")
-

@@ -24,6 +24,20 @@ METHODS = {
     "ef-sign": _method("fedavg", "sign", error_feedback=True),
 }
 
+# LBGM variants (README, "LBGM variants and FedLUAR"): m look-back gradients per client and a
+# threshold multiplied by DECAY each round, from the base config's threshold; and FedLUAR, which
+# takes algo.recycle_layers from the base config.
+DECAY = 0.97
+
+
+def _variant(lookback: int, decay: float) -> dict:
+    return {"algo": {**_method("lbgm")["algo"], "lookback": lookback, "threshold_decay": decay}}
+
+
+METHODS.update({"lbgm-m2": _variant(2, 1.0), "lbgm-m3": _variant(3, 1.0),
+                "lbgm-decay": _variant(1, DECAY), "lbgm-m3-decay": _variant(3, DECAY),
+                "fedluar": _method("fedluar")})
+
 
 def method_overrides(method: str) -> dict:
     """Config sections to replace for ``method`` (its label included)."""
