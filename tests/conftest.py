@@ -56,6 +56,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def without_timing(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their timing columns (every key ending in ``_s``), which are the only
+    ones allowed to differ between two runs of the same job."""
+    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
+
+
 def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 

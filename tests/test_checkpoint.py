@@ -12,16 +12,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics
+from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics, without_timing
 from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_path, list_checkpoints,
                                        prune_checkpoints, read_checkpoint, write_checkpoint)
 
-TIMING = ("round_s", "comm_s")
 RUN = ["configs/default.toml", *FAST, "--set", "algo.threshold=0.3", "--quiet"]
-
-
-def _without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 # ---- the store ------------------------------------------------------------------------------
@@ -83,7 +78,7 @@ def uninterrupted(tmp_path_factory):
 def test_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path, first, second):
     lbgm(first, "train", *RUN, "--set", "run.rounds=3", "--out", str(tmp_path))
     lbgm(second, "train", *RUN, "--out", str(tmp_path), "--resume", "latest")
-    assert _without_timing(read_metrics(tmp_path)) == _without_timing(uninterrupted)
+    assert without_timing(read_metrics(tmp_path)) == without_timing(uninterrupted)
 
 
 @pytest.mark.mpi
@@ -144,7 +139,7 @@ def test_sigterm_to_one_rank_checkpoints_the_whole_job(tmp_path):
     total = ["--set", f"run.rounds={stopped + 2}"]
     lbgm(2, "train", *RUN, *total, "--out", str(run), "--resume", "latest")
     lbgm(2, "train", *RUN, *total, "--out", str(tmp_path / "whole"))
-    assert _without_timing(read_metrics(run)) == _without_timing(read_metrics(tmp_path / "whole"))
+    assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "whole"))
 
 
 def test_inspect_prints_round_and_checksum(tmp_path):
@@ -167,8 +162,8 @@ def test_resume_keeps_compressor_and_error_feedback_state(tmp_path):
     assert any(name.endswith("ef_residual") for name in arrays), sorted(arrays)
     assert any("psgd_q" in name for name in arrays), sorted(arrays)
     lbgm(4, "train", *stacked, "--out", str(tmp_path / "cut"), "--resume", "latest")
-    assert _without_timing(read_metrics(tmp_path / "cut")) == \
-        _without_timing(read_metrics(tmp_path / "whole"))
+    assert without_timing(read_metrics(tmp_path / "cut")) == \
+        without_timing(read_metrics(tmp_path / "whole"))
 
 
 @pytest.mark.mpi

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, lbgm, read_metrics, read_summary
+from conftest import FAST, lbgm, read_metrics, read_summary, without_timing
 from test_data_formats import _write_mnist
 from test_failures import _assert_clean_failure
 
@@ -127,6 +127,5 @@ def test_training_from_hdf5_reads_per_rank_and_matches_the_embedded_set(tmp_path
     lbgm(2, "train", *common, "--out", str(tmp_path / "embedded"))
     lbgm(2, "train", *common, "--set", "data.name=hdf5", "--set", f"data.root={h5}",
          "--out", str(tmp_path / "file"))
-    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("round_s", "comm_s")}
-                         for r in rows]
-    assert drop(read_metrics(tmp_path / "file")) == drop(read_metrics(tmp_path / "embedded"))
+    assert without_timing(read_metrics(tmp_path / "file")) == \
+        without_timing(read_metrics(tmp_path / "embedded"))

@@ -7,7 +7,7 @@ compare them (benchmarks/gpu_check.sh runs them on a GPU machine)."""
 import pytest
 import torch
 
-from conftest import FAST, lbgm, read_metrics, read_summary
+from conftest import FAST, lbgm, read_metrics, read_summary, without_timing
 from lbgm_mpi.comm.mpi import Comm
 
 RUN = ["configs/default.toml", *FAST, "--set", "algo.threshold=0.3", "--quiet"]
@@ -41,9 +41,8 @@ def test_bfloat16_bank_is_rank_invariant_and_close_to_float32(tmp_path):
     lbgm(1, "train", *RUN, *bf16, "--out", str(tmp_path / "bf1"))
     lbgm(2, "train", *RUN, *bf16, "--out", str(tmp_path / "bf2"))
     lbgm(1, "train", *RUN, "--out", str(tmp_path / "f32"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("round_s", "comm_s",
-                                                                    "mpi_bytes", "downlink_bytes")}
-                          for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("mpi_bytes", "downlink_bytes")}
+                          for r in without_timing(rows)]
     assert strip(read_metrics(tmp_path / "bf1")) == strip(read_metrics(tmp_path / "bf2"))
     best = lambda run: read_summary(tmp_path / run)["best_acc"]
     assert abs(best("bf1") - best("f32")) <= 0.05

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, read_summary
+from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, read_summary, without_timing
 
-TIMING = ("round_s", "comm_s")  # the only columns allowed to differ between two runs
 # The longest wait for one event of a job. SLURM holds a requeued job back for the credential
 # lifetime, AuthInfo=cred_expire: .ci/slurm-up.sh sets 10 s, the default is 120 s.
 JOB_TIMEOUT_S = 240
@@ -27,10 +26,6 @@ FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
 # Long enough (~0.15 s a round on one core) to be interrupted twice, short enough for CI.
 LONG = [*FAST, "--set", "run.rounds=80", "--set", "data.synthetic_samples=8000",
         "--set", "run.checkpoint_every=10"]
-
-
-def _without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 def _rows(run_dir: Path) -> int:
@@ -175,7 +170,7 @@ def uninterrupted(cluster, tmp_path_factory):
     """metrics.jsonl of LONG run straight through on 2 ranks with mpirun, outside SLURM."""
     out = tmp_path_factory.mktemp("uninterrupted")
     lbgm(2, "train", "configs/default.toml", *LONG, "--quiet", "--out", str(out))
-    return _without_timing(read_metrics(out))
+    return without_timing(read_metrics(out))
 
 
 @pytest.mark.slurm
@@ -193,7 +188,7 @@ def test_preempted_job_requeues_and_matches_an_uninterrupted_run(sbatch, tmp_pat
     assert log.count("checkpoint written; requeueing") == 2, log
     assert log.count(", start ") == 3, log  # --open-mode=append kept all three starts
     assert len(read_summary(run_dir)["mpi_bytes_by_rank"]) == 2
-    assert _without_timing(read_metrics(run_dir)) == uninterrupted
+    assert without_timing(read_metrics(run_dir)) == uninterrupted
 
 
 @pytest.mark.slurm
@@ -209,7 +204,7 @@ def test_cancelled_job_checkpoints_stays_cancelled_and_a_resubmission_continues(
     assert "job not requeued" in job.log() and _rows(run_dir) < 80, job.log()
     [again] = sbatch("train.sbatch", "resubmitted", 2, **env)
     _assert_completed(again, again.wait_end())
-    assert _without_timing(read_metrics(run_dir)) == uninterrupted
+    assert without_timing(read_metrics(run_dir)) == uninterrupted
 
 
 # ---- jobs/slurm/sweep.sbatch ----------------------------------------------------------------

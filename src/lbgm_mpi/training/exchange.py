@@ -33,6 +33,7 @@ from lbgm_mpi.algorithm.bank import LookbackBank
 from lbgm_mpi.algorithm.lbgm import decide
 from lbgm_mpi.compress import ClientCompressors, make_compressor
 from lbgm_mpi.kernels import select_kernels
+from lbgm_mpi.training.phases import PhaseTimer
 
 FLOAT_BYTES = 4
 # config name -> name in lbgm_mpi.compress, where the two differ
@@ -60,10 +61,11 @@ class Exchange:
     """
 
     def __init__(self, topology, bank: LookbackBank | None = None,
-                 compressors: ClientCompressors | None = None):
+                 compressors: ClientCompressors | None = None, timer: PhaseTimer | None = None):
         self.topo = topology
         self.bank = bank
         self.compressors = compressors
+        self.timer = timer or PhaseTimer()
 
     def client_state(self, k: int) -> dict[str, torch.Tensor]:
         """A snapshot of client k's persistent state (empty without a compressor)."""
@@ -90,8 +92,8 @@ class Exchange:
 class FedAvgExchange(Exchange):
     """Dense baseline: weighted sum by one Allreduce."""
 
-    def __init__(self, comm, topology, num_params: int, device="cpu"):
-        super().__init__(topology)
+    def __init__(self, comm, topology, num_params: int, device="cpu", timer=None):
+        super().__init__(topology, timer=timer)
         self.comm = comm
         self.d = num_params
         self.device = device
@@ -99,11 +101,12 @@ class FedAvgExchange(Exchange):
     def __call__(self, participants, weights, updates, rnd):
         """Return (delta, RoundTraffic); ``updates`` maps this rank's participants to (g, loss)."""
         buf = torch.zeros(self.d + 1, dtype=torch.float32, device=self.device)
-        for k in sorted(updates):
-            g, loss = updates[k]
-            w = float(weights[k])
-            buf[:self.d].add_(g, alpha=w)
-            buf[self.d] += w * loss
+        with self.timer("aggregate"):
+            for k in sorted(updates):
+                g, loss = updates[k]
+                w = float(weights[k])
+                buf[:self.d].add_(g, alpha=w)
+                buf[self.d] += w * loss
         total = self.comm.allreduce_tensor(buf)
         dense = len(participants) * self.d * FLOAT_BYTES
         traffic = RoundTraffic(refreshes=len(participants), uplink_bytes=dense,
@@ -122,8 +125,9 @@ class GatherExchange(Exchange, ABC):
     """Records, then payload bytes, by two Allgatherv; subclasses encode and combine."""
 
     def __init__(self, comm, topology, kernels, bounds: torch.Tensor, device="cpu",
-                 bank: LookbackBank | None = None, compressors: ClientCompressors | None = None):
-        super().__init__(topology, bank, compressors)
+                 bank: LookbackBank | None = None, compressors: ClientCompressors | None = None,
+                 timer=None):
+        super().__init__(topology, bank, compressors, timer)
         self.comm = comm
         self.device = device
         self.kernels = kernels
@@ -137,7 +141,9 @@ class GatherExchange(Exchange, ABC):
         records = np.zeros(len(mine), dtype=self.dtype)
         records["client"] = mine
         records["loss"] = [updates[k][1] for k in mine]
-        payloads = [self._encode(k, updates[k][0], records[i], rnd) for i, k in enumerate(mine)]
+        with self.timer("decide"):
+            payloads = [self._encode(k, updates[k][0], records[i], rnd)
+                        for i, k in enumerate(mine)]
         records["payload"] = [p.numel() for p in payloads]
         per_rank = [len(self.topo.clients_on(participants, r)) for r in range(self.comm.size)]
         got = self.comm.allgatherv_bytes(records, [n * self.dtype.itemsize for n in per_rank])
@@ -199,17 +205,20 @@ class CompressedFedAvgExchange(GatherExchange):
 
     def _combine(self, got, chunks, weights) -> torch.Tensor:
         order, _, w = self._client_order(got, weights)
-        rebuilt = torch.stack([self.compressors.decompress(chunks[i]) for i in order])
-        return self.kernels.aggregate(rebuilt, torch.arange(len(order)), w[:, None], self.bounds)
+        with self.timer("aggregate"):
+            rebuilt = torch.stack([self.compressors.decompress(chunks[i]) for i in order])
+            return self.kernels.aggregate(rebuilt, torch.arange(len(order)), w[:, None],
+                                          self.bounds)
 
 
 class LbgmExchange(GatherExchange):
     """Look-back gradient multiplier, alone or stacked on a compressor, with a replicated bank."""
 
     def __init__(self, comm, topology, kernels, bank: LookbackBank, threshold: float,
-                 compressors: ClientCompressors | None = None, scalar_ok: torch.Tensor = None):
+                 compressors: ClientCompressors | None = None, scalar_ok: torch.Tensor = None,
+                 timer=None):
         super().__init__(comm, topology, kernels, bank.bounds, bank.rows.device, bank,
-                         compressors)
+                         compressors, timer)
         self.threshold = threshold
         # segments that may travel as a scalar (buffer segments always refresh, exactly)
         self.scalar_ok = torch.ones(len(self.sizes), dtype=torch.bool) if scalar_ok is None \
@@ -241,15 +250,17 @@ class LbgmExchange(GatherExchange):
         return dec.refresh
 
     def _combine(self, got, chunks, weights) -> torch.Tensor:
-        for rec, chunk in zip(got, chunks):
-            segs = np.flatnonzero(rec["refresh"]).tolist()
-            if segs:
-                self.bank.write(int(rec["client"]), segs, self._decode(chunk, segs))
+        with self.timer("bank"):
+            for rec, chunk in zip(got, chunks):
+                segs = np.flatnonzero(rec["refresh"]).tolist()
+                if segs:
+                    self.bank.write(int(rec["client"]), segs, self._decode(chunk, segs))
         order, rows, w = self._client_order(got, weights)
         refresh = torch.from_numpy(got["refresh"][order].astype(bool))
         rho = torch.from_numpy(got["rho"][order].astype(np.float64))
         coefs = torch.where(refresh, torch.ones_like(rho), rho) * w[:, None]
-        return self.kernels.aggregate(self.bank.rows, rows, coefs, self.bounds)
+        with self.timer("aggregate"):
+            return self.kernels.aggregate(self.bank.rows, rows, coefs, self.bounds)
 
     def _decode(self, chunk: torch.Tensor, segs: list[int]) -> list[torch.Tensor]:
         """The refreshed segments ``segs`` of one client from its payload bytes."""
@@ -276,16 +287,17 @@ def client_compressors(spec, topology, layout) -> ClientCompressors | None:
 BANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def make_exchange(spec, comm, topology, layout, device="cpu") -> Exchange:
-    """The exchange of the configured algorithm and compressor, its tensors on ``device``."""
+def make_exchange(spec, comm, topology, layout, device="cpu", timer=None) -> Exchange:
+    """The exchange of the configured algorithm and compressor, its tensors on ``device``;
+    ``timer`` (a PhaseTimer) is charged with the exchange's phases."""
     if spec.algo.name == "fedavg" and spec.algo.compressor == "none":
-        return FedAvgExchange(comm, topology, layout.size, device)
+        return FedAvgExchange(comm, topology, layout.size, device, timer)
     kernels = select_kernels(spec.system.kernels)
     compressors = client_compressors(spec, topology, layout)
     bounds = layout.bounds_tensor()
     if spec.algo.name == "fedavg":
         return CompressedFedAvgExchange(comm, topology, kernels, bounds[[0, -1]], device,
-                                        compressors=compressors)
+                                        compressors=compressors, timer=timer)
     scalar_ok = None
     if spec.algo.granularity == "model":
         bounds = bounds[[0, -1]]
@@ -293,4 +305,4 @@ def make_exchange(spec, comm, topology, layout, device="cpu") -> Exchange:
         scalar_ok = ~torch.tensor(layout.is_buffer(), dtype=torch.bool)
     bank = LookbackBank(spec.clients.count, bounds, BANK_DTYPES[spec.system.bank_dtype], device)
     return LbgmExchange(comm, topology, kernels, bank, spec.algo.threshold, compressors,
-                        scalar_ok)
+                        scalar_ok, timer)

@@ -16,6 +16,7 @@ from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
 from lbgm_mpi.training.client import evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
+from lbgm_mpi.training.phases import PhaseTimer
 from lbgm_mpi.training.runlog import Progress, RunLog
 from lbgm_mpi.training.signals import Preempted, StopFlag
 
@@ -55,8 +56,10 @@ class Trainer:
         self.server = ServerOptimizer(self.layout.size, spec.server.lr, spec.server.momentum,
                                       self.device, self.layout.param_size)
         self.variances = self.layout.slices_named("running_var")
-        self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device)
+        self.timer = PhaseTimer(self.device)
+        self.exchange = make_exchange(spec, comm, self.topo, self.layout, self.device, self.timer)
         self.round = 0
+        self.checkpoint_hold_s = 0.0  # loop time taken by the checkpoint after the last round
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
         self.log = RunLog(self.out_dir, spec, comm.is_root, self.parts,
                           label_histograms(labels, self.parts, data.num_classes))
@@ -91,12 +94,14 @@ class Trainer:
         participants = draw_participants(spec.run.seed, rnd, spec.clients.count,
                                          spec.clients.participants)
         weights = dict(zip(participants, participant_weights(self.num_samples, participants)))
-        updates = {k: self._train_client(k, rnd) for k in participants if k in self.shards}
+        with self.timer("train"):
+            updates = {k: self._train_client(k, rnd) for k in participants if k in self.shards}
         sent0, comm0 = self.comm.bytes_sent, self.comm.seconds
         delta, traffic = self.exchange(participants, weights, updates, rnd)
-        self.server.step(self.theta, delta)
-        for var in self.variances:  # a scalar-reconstructed variance can dip below 0
-            self.theta[var].clamp_(min=0.0)
+        with self.timer("aggregate"):
+            self.server.step(self.theta, delta)
+            for var in self.variances:  # a scalar-reconstructed variance can dip below 0
+                self.theta[var].clamp_(min=0.0)
         comm_s = self.comm.seconds - comm0
         totals = self.comm.control_gather_ints([self.comm.bytes_sent - sent0,
                                                  int(self.stop.requested)])
@@ -104,13 +109,16 @@ class Trainer:
         self.stop_agreed = any(t[1] for t in totals)
         if spec.run.check_every and rnd % spec.run.check_every == 0:
             self.comm.check_same(self.theta.cpu().numpy(), f"the global model after round {rnd}")
-        acc, loss = self._evaluate(rnd)
+        with self.timer("eval"):
+            acc, loss = self._evaluate(rnd)
         row = {"round": rnd, "test_acc": acc, "test_loss": loss, "train_loss": traffic.train_loss,
                "participants": len(participants), "refreshes": traffic.refreshes,
                "scalars": traffic.scalars, "uplink_bytes": traffic.uplink_bytes,
                "dense_uplink_bytes": traffic.dense_uplink_bytes,
                "downlink_bytes": traffic.downlink_bytes, "mpi_bytes": mpi_bytes,
-               "round_s": time.perf_counter() - start, "comm_s": comm_s}
+               "round_s": time.perf_counter() - start, "comm_s": comm_s, **self.timer.take(),
+               "checkpoint_s": self.checkpoint_hold_s}
+        self.checkpoint_hold_s = 0.0
         self.log.append(row)
         self.progress.update(row, acc)
         return row
@@ -137,10 +145,12 @@ class Trainer:
     def checkpoint(self):
         """Collective: write a checkpoint of this round (root); return its path on the root."""
         from lbgm_mpi.checkpoint.state import save
+        start = time.perf_counter()
         saved = save(self, self.checkpoint_dir)
         # no rank may run ahead (or exit, which makes mpirun end the job) before the file is in
         # place
         self.comm.barrier()
+        self.checkpoint_hold_s += time.perf_counter() - start
         if saved is None:
             return None
         path, size, seconds = saved
