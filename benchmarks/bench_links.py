@@ -121,21 +121,22 @@ def train(hosts, args, method: str, runs: Path) -> dict:
     return {"folder": runs / method / method, "job_s": seconds}
 
 
-def time_local_training(args, runs: Path) -> float:
-    """Seconds of local training of one client on one rank with nothing else running (median
-    over --ref-rounds rounds of a one-rank FedAvg run of the same config)."""
+def time_one_rank(args, runs: Path) -> dict:
+    """Seconds of local training of one client, and of the test evaluation, on one rank with no
+    other rank sharing the cores (timeline.one_rank of a --ref-rounds one-rank FedAvg run of the
+    same config)."""
     sets = [a for o in args.overrides for a in ("--set", o)]
     argv = [sys.executable, "-m", "lbgm_mpi", "compare", args.config, "--methods", "fedavg",
             "--out", str(runs / "one-rank"), "--quiet", *sets,
             "--set", f"run.rounds={args.ref_rounds}"]
     launch(argv, runs / "one-rank.log", args.timeout)
-    return timeline.train_per_client(load_run(runs / "one-rank" / "fedavg").rounds)
+    return timeline.one_rank(load_run(runs / "one-rank" / "fedavg").rounds)
 
 
-def method_result(run, job_s: float, train_1: float, ranks: int, target: float | None) -> dict:
+def method_result(run, job_s: float, alone: dict, ranks: int, target: float | None) -> dict:
     """The measured row of one method, plus its per-round curves (for the plot and the model)."""
     rows, s = run.rounds, run.summary
-    wall, seen = timeline.elapsed(rows), timeline.visible(rows, train_1, ranks)
+    wall, seen = timeline.elapsed(rows), timeline.visible(rows, alone, ranks)
     rounds_hit, wall_hit = timeline.to_target(rows, wall, target)
     _, seen_hit = timeline.to_target(rows, seen, target)
     total = lambda key: sum(r[key] for r in rows)
@@ -152,30 +153,30 @@ def method_result(run, job_s: float, train_1: float, ranks: int, target: float |
     }
 
 
-def measured(folders: dict, train_1: float, ranks: int) -> tuple[list[dict], float | None]:
+def measured(folders: dict, alone: dict, ranks: int) -> tuple[list[dict], float | None]:
     """Rows for every method, and the target accuracy (TARGET_FRACTION x FedAvg's best)."""
     runs = {m: load_run(f["folder"]) for m, f in folders.items()}
     ref = fedavg_reference(list(runs.values()))
     target = TARGET_FRACTION * ref.summary["best_acc"] if ref else None
-    return [method_result(runs[m], folders[m]["job_s"], train_1, ranks, target)
+    return [method_result(runs[m], folders[m]["job_s"], alone, ranks, target)
             for m in folders], target
 
 
 def fit_model(points: list[dict], results: list[dict], ranks: int, rate_bits: float,
-              train_1: float) -> dict:
+              alone: dict) -> dict:
     """The round-cost MODEL: fitted parameters, its error on the points it was fitted on, its
     error on the measured runs' collective seconds, and predicted seconds to the target."""
     params = costmodel.fit(points)
     check, predictions = [], []
     for res in results:
-        kind = costmodel.profile(res, ranks)["kind"]
-        model_s = sum(costmodel.row_comm(params, r, kind, ranks, rate_bits) for r in res["rows"])
+        prof = costmodel.profile(res, ranks)
+        model_s = sum(costmodel.row_comm(params, r, prof["kind"], ranks, rate_bits)
+                      for r in res["rows"])
         check.append({"method": res["method"], "comm_s": res["comm_s"], "model_s": model_s,
                       "error": model_s / res["comm_s"] - 1.0})
-        prof = costmodel.profile(res, ranks)
         for p in MODEL_RANKS:
             predictions.append({"method": res["method"], "ranks": p, **{
-                rate: costmodel.time_to_target(params, prof, train_1, p, netns.rate_bits(rate))
+                rate: costmodel.time_to_target(params, prof, alone, p, netns.rate_bits(rate))
                 for rate in MODEL_RATES}, "profile": prof})
     return {"params": params, "points": costmodel.fit_errors(params, points),
             "runs": check, "predictions": predictions}
@@ -264,7 +265,8 @@ def plot(results: list[dict], target: float | None, args, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     panels = (("s", "measured wall-clock seconds (ranks share 2 cores)"),
-              ("visible_s", "communication-visible seconds (local training: one rank alone)"))
+              ("visible_s", "communication-visible seconds (training, evaluation: one rank "
+               "alone)"))
     for ax, (key, label) in zip(axes, panels):
         for i, res in enumerate(results):
             pts = [(c[key], 100 * c["acc"]) for c in res["curve"] if c["acc"] is not None]
@@ -284,20 +286,22 @@ def plot(results: list[dict], target: float | None, args, path: Path) -> None:
     plt.close(fig)
 
 
-def report_text(args, results, target, train_1, model) -> str:
+def report_text(args, results, target, alone, model) -> str:
     """Everything the benchmark prints, in order."""
     target_text = f"{100 * target:.2f}%" if target is not None else "none (no FedAvg run)"
     return "\n\n".join([
         f"command: python {' '.join(sys.argv)}",
         f"{args.ranks} ranks, one per namespace host; every link {args.rate} each way (tc tbf, "
         f"no added delay); Open MPI pins: {' '.join(costmodel.mca_args())}\n"
-        f"target accuracy {target_text} = {TARGET_FRACTION} x FedAvg's best; local training of "
-        f"one client alone on one rank: {train_1:.3f} s per round",
+        f"target accuracy {target_text} = {TARGET_FRACTION} x FedAvg's best; on one rank "
+        f"alone, local training of one client takes {alone['train_s']:.3f} s a round and the "
+        f"test evaluation {alone['eval_s']:.3f} s",
         "MEASURED (seconds are the root rank's, summed over rounds; start-up and the final "
         "checkpoint excluded):\n"
         "  s to target / total s: wall-clock, ranks sharing the machine's 2 cores\n"
-        "  visible s to target: the same with each round's local training replaced by the "
-        "one-rank figure above (what the links cost, with compute as on a dedicated core)\n"
+        "  visible s to target: the same with each round's local training and evaluation "
+        "replaced by the one-rank figures above (what the links cost, with compute as on a "
+        "dedicated core)\n"
         "  comm s: inside the data collectives; train s: local training; x faster: FedAvg's "
         "seconds to target / the method's",
         measured_table(results),
@@ -317,10 +321,10 @@ def main() -> None:
                          args.subnet) as hosts:
             points = measure_collectives(hosts, args, Path(tmp))
             folders = {m: train(hosts, args, m, runs) for m in args.methods.split(",")}
-        train_1 = time_local_training(args, runs)
-        results, target = measured(folders, train_1, args.ranks)
-    model = fit_model(points, results, args.ranks, netns.rate_bits(args.rate), train_1)
-    text = report_text(args, results, target, train_1, model)
+        alone = time_one_rank(args, runs)
+        results, target = measured(folders, alone, args.ranks)
+    model = fit_model(points, results, args.ranks, netns.rate_bits(args.rate), alone)
+    text = report_text(args, results, target, alone, model)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -328,7 +332,7 @@ def main() -> None:
     plot(results, target, args, out.with_suffix(".png"))
     record = {"command": f"python {' '.join(sys.argv)}", "config": args.config,
               "overrides": args.overrides, "rate": args.rate, "ranks": args.ranks,
-              "pinned_mca": costmodel.PINNED, "target_acc": target, "train_1_s": train_1,
+              "pinned_mca": costmodel.PINNED, "target_acc": target, "one_rank_s": alone,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
               "model": model}

@@ -66,10 +66,10 @@ def test_fit_recovers_known_parameters():
 
 
 def test_clocks_and_time_to_target():
-    rows = [{"round": r, "round_s": 3.0, "train_s": 2.0, "participants": 4,
+    rows = [{"round": r, "round_s": 3.0, "train_s": 1.5, "eval_s": 0.5, "participants": 4,
              "test_acc": acc} for r, acc in ((1, 0.5), (2, None), (3, 0.9))]
     assert timeline.elapsed(rows) == [3.0, 6.0, 9.0]
-    seen = timeline.visible(rows, train_1=0.5, ranks=4)  # 1 s outside training + 0.5 s
+    seen = timeline.visible(rows, {"train_s": 0.25, "eval_s": 0.25}, ranks=4)  # 1 + .25 + .25
     assert seen == [1.5, 3.0, 4.5]
     assert timeline.to_target(rows, seen, 0.85) == (3, 4.5)
     assert timeline.to_target(rows, seen, 0.95) == (None, None)

@@ -8,14 +8,13 @@ schedule: a number of sequential steps, and a number of bytes that the busiest r
 
 alpha is the per-step latency (software and links), c / R the wire's time per byte (c = 8 for a
 perfect link; more for TCP/IP overhead), b0 the host's own time per byte (copies, the TCP stack).
-The three are fitted, non-negative, per collective, minimising the relative error over all
-measured points (several rank counts, sizes and rates; errors on points under a millisecond count
-relative to a millisecond).
+The three are fitted per collective on measured points (several rank counts, sizes and rates):
+alpha on the latency-bound ones, then b0 and c (non-negative) on the others (see ``fit``).
 
 Schedules (P ranks):
   Allreduce, ring: 2(P-1) steps; each rank sends 2(P-1)/P of the n bytes.
-  Allgatherv, sparbit: ceil(log2 P) steps; the busiest link carries the larger of (P-1)/P of all
-  blocks (each rank must receive all blocks but its own; exact for equal blocks) and
+  Allgatherv, sparbit: ceil(log2 P) steps; the busiest link carries the larger of all blocks
+  but the smallest (a rank receives every block but its own; exact for equal blocks) and
   ceil(log2 P) x the largest block (one block needs that many hops to reach every rank; exact for
   a single block).
 """
@@ -32,7 +31,8 @@ import timeline
 PINNED = {"coll": "^han", "coll_tuned_use_dynamic_rules": "1",
           "coll_tuned_allreduce_algorithm": "4", "coll_tuned_allgatherv_algorithm": "6"}
 OPS = ("allreduce", "allgatherv")
-FLOOR_S = 1e-3  # the fit weighs errors relative to a point's seconds, or to this if longer
+LATENCY_BYTES = 4096  # points of at most this many bytes a rank fit the latency alone
+FIT_ROUNDS = 20       # alternations of the two fits (they settle in a few)
 
 
 def mca_args() -> list[str]:
@@ -48,7 +48,7 @@ def schedule(op: str, ranks: int, blocks: list[int]) -> tuple[int, float]:
     if op == "allreduce":
         return 2 * (ranks - 1), 2 * (ranks - 1) / ranks * blocks[0]
     depth = math.ceil(math.log2(ranks))
-    return depth, max((ranks - 1) / ranks * sum(blocks), depth * max(blocks))
+    return depth, max(sum(blocks) - min(blocks), depth * max(blocks))
 
 
 def point_blocks(point: dict) -> list[int]:
@@ -65,17 +65,24 @@ def _features(op: str, ranks: int, blocks: list[int], rate_bits: float) -> np.nd
 
 def fit(points: list[dict]) -> dict:
     """Fit (alpha, b0, c) per collective on micro-benchmark points (each with op, bytes, ranks,
-    seconds, rate_bits); returns {op: {"alpha", "b0", "c"}}."""
+    seconds, rate_bits); returns {op: {"alpha", "b0", "c"}}.
+
+    Two regimes, fitted apart so that neither drowns the other: alpha by least squares on the
+    latency-bound points (at most LATENCY_BYTES a rank), less their per-byte share; b0 and c by
+    non-negative least squares of the relative error on the other points, less alpha's share.
+    The two steps alternate until they settle (each share is small in the other regime)."""
     params = {}
     for op in OPS:
         mine = [p for p in points if p["op"].startswith(op)]
         x = np.array([_features(op, p["ranks"], point_blocks(p), p["rate_bits"]) for p in mine])
         t = np.array([p["seconds"] for p in mine])
-        # relative error, each row over max(t, FLOOR_S): below a millisecond, timings on a
-        # shared 2-core machine are mostly scheduling noise
-        scale = np.maximum(t, FLOOR_S)[:, None]
-        coef, _ = nnls(x / scale, t / scale[:, 0])
-        params[op] = dict(zip(("alpha", "b0", "c"), coef.tolist()))
+        small = np.array([p["bytes"] <= LATENCY_BYTES for p in mine])
+        steps, per_byte = x[small, 0], np.zeros(2)
+        for _ in range(FIT_ROUNDS):
+            alpha = max(0.0, float(steps @ (t[small] - x[small, 1:] @ per_byte) / (steps @ steps)))
+            rest = (t[~small] - alpha * x[~small, 0]) / t[~small]
+            per_byte, _ = nnls(x[~small, 1:] / t[~small, None], rest)
+        params[op] = {"alpha": alpha, "b0": float(per_byte[0]), "c": float(per_byte[1])}
     return params
 
 
@@ -115,15 +122,15 @@ def gather_round(params: dict, ranks: int, rate_bits: float, record: int, refres
 def profile(result: dict, ranks: int) -> dict:
     """What the model needs of one measured method: its rounds to the target (None if missed),
     its exchange, and per-round means over the rounds up to the target (all rounds if missed):
-    the payload statistics of a gather exchange, the seconds outside training and the
-    collectives, and of those the bank and aggregate seconds (which grow with the clients)."""
+    the payload statistics of a gather exchange, the seconds outside training, evaluation and
+    the collectives, and of those the bank and aggregate seconds (which grow with the clients)."""
     hit = result["rounds_to_target"]
     rows = result["rows"][:hit] if hit else result["rows"]
     mean = lambda f: sum(f(r) for r in rows) / len(rows)
     kind = "allreduce" if result["algo"] == "fedavg" and result["compressor"] == "none" \
         else "gather"
     out = {"rounds": hit, "kind": kind, "ranks": ranks,
-           "other_s": mean(lambda r: r["round_s"] - r["train_s"] - r["comm_s"]),
+           "other_s": mean(lambda r: r["round_s"] - r["train_s"] - r["eval_s"] - r["comm_s"]),
            "scaled_s": mean(lambda r: r["bank_s"] + r["aggregate_s"]) if kind == "gather" else 0.0}
     if kind == "allreduce":
         out["bytes"] = rows[0]["mpi_bytes"] / ranks
@@ -151,12 +158,14 @@ def row_comm(params: dict, row: dict, kind: str, ranks: int, rate_bits: float) -
     return records + seconds(params, "allgatherv", ranks, blocks, rate_bits)
 
 
-def time_to_target(params: dict, prof: dict, train_1: float, ranks: int,
+def time_to_target(params: dict, prof: dict, alone: dict, ranks: int,
                    rate_bits: float) -> float | None:
-    """Modelled seconds to the target: the measured rounds to it, each one client's local
-    training alone, the other local work (bank and aggregate scaled by ranks / measured ranks)
-    and the modelled collectives. None if the method missed the target."""
+    """Modelled seconds to the target: the measured rounds to it, each with one client's local
+    training and the evaluation as on one rank alone (``alone``, from timeline.one_rank), the
+    other local work as measured (bank and aggregate scaled by ranks / measured ranks), and the
+    modelled collectives. None if the method missed the target."""
     if prof["rounds"] is None:
         return None
-    local = prof["other_s"] + prof["scaled_s"] * (ranks / prof["ranks"] - 1)
-    return prof["rounds"] * (train_1 + local + round_comm(params, prof, ranks, rate_bits))
+    local = alone["train_s"] + alone["eval_s"] + prof["other_s"] \
+        + prof["scaled_s"] * (ranks / prof["ranks"] - 1)
+    return prof["rounds"] * (local + round_comm(params, prof, ranks, rate_bits))

@@ -22,13 +22,15 @@ def elapsed(rows: list[dict]) -> list[float]:
     return out
 
 
-def visible(rows: list[dict], train_1: float, ranks: int) -> list[float]:
-    """Communication-visible seconds at the end of each round: the root's measured local
-    training replaced by ``train_1`` (one client trained alone on one rank, seconds) times the
-    clients per rank; everything else in the round as measured."""
+def visible(rows: list[dict], alone: dict, ranks: int) -> list[float]:
+    """Communication-visible seconds at the end of each round: the root's local training and
+    test evaluation replaced by their one-rank figures ``alone`` (``one_rank``: one client
+    trained, the test set evaluated, on one rank with no other rank sharing the cores), training
+    counted once per client the root hosts; the rest of the round as measured."""
     total, out = 0.0, []
     for row in rows:
-        total += row["round_s"] - row["train_s"] + train_1 * row["participants"] / ranks
+        local = alone["train_s"] * row["participants"] / ranks + alone["eval_s"]
+        total += row["round_s"] - row["train_s"] - row["eval_s"] + local
         out.append(total)
     return out
 
@@ -42,9 +44,11 @@ def to_target(rows: list[dict], clock: list[float], target: float | None):
     return None, None
 
 
-def train_per_client(rows: list[dict]) -> float:
-    """Median seconds of local training per client per round (rows of a one-rank run)."""
-    return statistics.median(r["train_s"] / r["participants"] for r in rows)
+def one_rank(rows: list[dict]) -> dict:
+    """Medians over the rounds of a one-rank run: local training per client ("train_s") and
+    evaluation ("eval_s"), in seconds."""
+    return {"train_s": statistics.median(r["train_s"] / r["participants"] for r in rows),
+            "eval_s": statistics.median(r["eval_s"] for r in rows)}
 
 
 def moved(row: dict) -> dict:
