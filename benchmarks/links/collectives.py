@@ -1,6 +1,8 @@
 """Time the trainer's collectives over whatever links the ranks run on; the root writes JSON.
 
     mpirun ... python benchmarks/links/collectives.py --sizes 4096,4000000 --reps 3 --out FILE
+    python benchmarks/links/netns.py --hosts 4 --rate 100mbit [--mca KEY VALUE ...] -- \
+        python benchmarks/links/collectives.py --out FILE          (as root: on shaped links)
 
 Cases, each at every size n (bytes):
   allreduce       every rank sums n bytes of float32 (FedAvg's exchange);
@@ -8,7 +10,7 @@ Cases, each at every size n (bytes):
   allgatherv-one  one rank contributes n bytes, the others none (a single LBGM refresh; the
                   sending rank rotates from one repetition to the next).
 One timing is the longest time any rank spent inside the call, started after a barrier; the file
-keeps every repetition and their median.
+keeps every repetition and their median, which the root also prints.
 """
 
 import argparse
@@ -82,6 +84,9 @@ def main() -> None:
     if comm.rank == 0:
         with open(args.out, "w") as f:
             json.dump(points, f, indent=1)
+        for pt in points:
+            print(f"{pt['op']:>15} {pt['bytes']:>10} B  {comm.size} ranks  "
+                  f"{pt['seconds']:.4f} s")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ The kernel of this machine kind has no netem, so the links add no delay beyond t
 
 ``Hosts`` creates all of it and removes all of it when it ends, fails or is interrupted
 (SIGINT, SIGTERM, SIGHUP). A file lock keeps two runs off the same prefix, and each run first
-removes what a crashed run with the same prefix left behind.
+removes what a crashed run with the same prefix left behind. As a command (root), it runs one
+MPI job on fresh hosts:
+
+    python benchmarks/links/netns.py --hosts 4 --rate 100mbit [--mca KEY VALUE ...] -- COMMAND
 """
 
 import fcntl
@@ -250,3 +253,31 @@ def mpi_env(extra: dict | None = None) -> dict:
                PRTE_MCA_plm_ssh_agent=str(AGENT), OMP_NUM_THREADS="1")
     env.update(extra or {})
     return env
+
+
+def main() -> int:
+    """Run one command as MPI ranks on fresh shaped hosts, then remove them."""
+    import argparse
+    p = argparse.ArgumentParser(description="Run COMMAND as MPI ranks, one per network-namespace "
+                                "host, over links shaped by tc tbf; remove the hosts after.")
+    p.add_argument("--hosts", type=int, default=4)
+    p.add_argument("--ranks", type=int, default=None, help="default: one per host")
+    p.add_argument("--rate", default="100mbit", help="tc rate of every link, each way")
+    p.add_argument("--prefix", default="lkb")
+    p.add_argument("--subnet", default="10.77.0")
+    p.add_argument("--mca", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="an Open MPI MCA setting for mpirun (repeatable)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = p.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        p.error("no COMMAND after --")
+    mca = [a for key, value in args.mca for a in ("--mca", key, value)]
+    with tempfile.TemporaryDirectory() as tmp, \
+            Hosts(args.hosts, args.rate, args.prefix, args.subnet) as hosts:
+        cmd = hosts.mpirun(args.ranks or args.hosts, command, Path(tmp) / "hostfile", mca)
+        return subprocess.run(cmd, env=mpi_env()).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
