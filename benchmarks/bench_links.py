@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO / "src"))
 import costmodel  # noqa: E402
 import netns  # noqa: E402
 import timeline  # noqa: E402
-from lbgm_mpi.analysis.report import TARGET_FRACTION, fedavg_reference, human_bytes, load_run  # noqa: E402
+from lbgm_mpi.analysis.report import (  # noqa: E402
+    TARGET_FRACTION, fedavg_reference, human_bytes, load_run)
 
 METHODS = "fedavg,lbgm-model,lbgm-layer,ef-powersgd,ef-powersgd+lbgm"
 MODEL_RANKS = (16, 64, 256)
@@ -110,11 +111,16 @@ def measure_collectives(hosts, args, work: Path) -> list[dict]:
     return points
 
 
+def _compare(args, method: str, out: Path) -> list[str]:
+    """The command line of `lbgm-mpi compare` for one method, with every --set."""
+    sets = [a for o in args.overrides for a in ("--set", o)]
+    return [sys.executable, "-m", "lbgm_mpi", "compare", args.config, "--methods", method,
+            "--out", str(out), "--quiet", *sets]
+
+
 def train(hosts, args, method: str, runs: Path) -> dict:
     """Train ``method`` on --ranks hosts; return its run folder and the launch's wall seconds."""
-    sets = [a for o in args.overrides for a in ("--set", o)]
-    argv = [sys.executable, "-m", "lbgm_mpi", "compare", args.config, "--methods", method,
-            "--out", str(runs / method), "--quiet", *sets]
+    argv = _compare(args, method, runs / method)
     seconds = launch(hosts.mpirun(args.ranks, argv, runs / "hostfile", costmodel.mca_args()),
                      runs / f"{method}.log", args.timeout)
     print(f"  {method}: {seconds:.0f} s", file=sys.stderr)
@@ -125,10 +131,7 @@ def time_one_rank(args, runs: Path) -> dict:
     """Seconds of local training of one client, and of the test evaluation, on one rank with no
     other rank sharing the cores (timeline.one_rank of a --ref-rounds one-rank FedAvg run of the
     same config)."""
-    sets = [a for o in args.overrides for a in ("--set", o)]
-    argv = [sys.executable, "-m", "lbgm_mpi", "compare", args.config, "--methods", "fedavg",
-            "--out", str(runs / "one-rank"), "--quiet", *sets,
-            "--set", f"run.rounds={args.ref_rounds}"]
+    argv = _compare(args, "fedavg", runs / "one-rank") + ["--set", f"run.rounds={args.ref_rounds}"]
     launch(argv, runs / "one-rank.log", args.timeout)
     return timeline.one_rank(load_run(runs / "one-rank" / "fedavg").rounds)
 
