@@ -4,8 +4,8 @@
   parameters, the time-to-target clocks;
 - as root, where network namespaces can be created (else skipped, saying why): the short form
   of the benchmark on 2 hosts joined by a 20 Mbit/s link, which must show LBGM spending less time
-  in the collectives than FedAvg, and leave no namespace, link or process behind; and an
-  interrupted benchmark, which must remove everything it created.
+  in the collectives than FedAvg, and leave no namespace or link behind; and an interrupted
+  benchmark, which must remove every namespace, link and process it created.
 Every launch runs in its own process group under a timeout; on expiry the group gets SIGTERM
 (so the benchmark removes its hosts), then SIGKILL, and leftovers are removed by name.
 """
@@ -129,8 +129,18 @@ def test_an_interrupted_benchmark_removes_what_it_created(tmp_path, sig):
         time.sleep(0.2)
     created = netns.leftovers(PREFIX)
     time.sleep(3)  # let MPI start in the namespaces
+    started = netns.namespace_pids(netns.namespaces(PREFIX))
     proc.send_signal(sig)
     out = _finish(proc, 30)
     assert proc.returncode != 0, out
-    assert len(created) >= 3, out
+    assert len(created) >= 3 and started, out
     assert netns.leftovers(PREFIX) == [], out
+    assert not [pid for pid in started if _alive(pid)], out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -82,7 +82,8 @@ def probe(prefix: str) -> str | None:
     return None
 
 
-def _namespaces(prefix: str) -> list[str]:
+def namespaces(prefix: str) -> list[str]:
+    """The network namespaces named PREFIX-* that exist now."""
     out = _run(_tool("ip"), "netns", "list").stdout.split()
     return [w for w in out if w.startswith(f"{prefix}-")]
 
@@ -94,16 +95,22 @@ def _links(prefix: str) -> list[str]:
     return [n for n in names if n.startswith(f"{prefix}-")]
 
 
+def namespace_pids(namespaces: list[str]) -> set[int]:
+    """The processes living in ``namespaces`` (PRRTE's daemons leave mpirun's process group, so
+    a process group does not find them all; their network namespace does)."""
+    ip = _tool("ip")
+    return {int(p) for ns in namespaces
+            for p in _run(ip, "netns", "pids", ns, check=False).stdout.split()}
+
+
 def _stop_processes(namespaces: list[str], grace_s: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after ``grace_s``, every process living in ``namespaces``.
 
     Only processes inside our own namespaces are touched: this run (or a crashed run of the same
     prefix, which the lock says is gone) started them all."""
-    ip = _tool("ip")
-    pids = lambda: {int(p) for ns in namespaces
-                    for p in _run(ip, "netns", "pids", ns, check=False).stdout.split()}
+    pids = lambda: namespace_pids(namespaces) - {os.getpid()}
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
-        alive = pids() - {os.getpid()}
+        alive = pids()
         for pid in alive:
             try:
                 os.kill(pid, sig)
@@ -112,28 +119,28 @@ def _stop_processes(namespaces: list[str], grace_s: float = 3.0) -> None:
         deadline = time.monotonic() + wait
         while alive and time.monotonic() < deadline:
             time.sleep(0.1)
-            alive = pids() - {os.getpid()}
+            alive = pids()
 
 
 def remove(prefix: str) -> list[str]:
     """Remove everything named PREFIX-*: processes in its namespaces, the veth pairs, the
     namespaces, the bridge (their qdiscs go with them). Idempotent; returns what it removed."""
     ip = _tool("ip")
-    namespaces = _namespaces(prefix)
-    _stop_processes(namespaces)
+    spaces = namespaces(prefix)
+    _stop_processes(spaces)
     links = _links(prefix)
     # deleting the root-side veth end removes the pair at once; a namespace's own teardown is
     # asynchronous, and would leave the bridge-side end alive for a moment
     for link in sorted(links, key=lambda n: n.endswith("-br")):
         _run(ip, "link", "del", link, check=False)
-    for ns in namespaces:
+    for ns in spaces:
         _run(ip, "netns", "del", ns, check=False)
-    return namespaces + links
+    return spaces + links
 
 
 def leftovers(prefix: str) -> list[str]:
     """Namespaces and root-namespace interfaces named PREFIX-* that exist now."""
-    return _namespaces(prefix) + _links(prefix)
+    return namespaces(prefix) + _links(prefix)
 
 
 class Hosts:
