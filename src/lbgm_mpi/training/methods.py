@@ -22,6 +22,13 @@ METHODS = {
        for compressor in ("topk", "randomk", "sign", "lowrank", "powersgd")
        for label, name in ((compressor, "fedavg"), (f"{compressor}+lbgm", "lbgm"))},
     "ef-sign": _method("fedavg", "sign", error_feedback=True),
+    # benchmarks/bench_links.py: LBGM at a named granularity; PowerSGD with error feedback,
+    # alone and under LBGM
+    **{f"lbgm-{granularity}": {"algo": {"name": "lbgm", "compressor": "none",
+                                        "error_feedback": False, "granularity": granularity}}
+       for granularity in ("model", "layer")},
+    "ef-powersgd": _method("fedavg", "powersgd", error_feedback=True),
+    "ef-powersgd+lbgm": _method("lbgm", "powersgd", error_feedback=True),
 }
 
 # LBGM variants (README, "LBGM variants and FedLUAR"): m look-back gradients per client and a

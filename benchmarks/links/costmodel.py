@@ -1,0 +1,171 @@
+"""A MODEL of the cost of the trainer's two collectives, fitted on measured collective times.
+
+The benchmark pins Open MPI's algorithms (see ``PINNED``), so each collective has a known
+schedule: a number of sequential steps, and a number of bytes that the busiest rank's link carries
+(``wire``). For a link of rate R bits/s, one collective is modelled as
+
+    seconds = alpha * steps + (b0 + c / R) * wire
+
+alpha is the per-step latency (software and links), c / R the wire's time per byte (c = 8 for a
+perfect link; more for TCP/IP overhead), b0 the host's own time per byte (copies, the TCP stack).
+The three are fitted per collective on measured points (several rank counts, sizes and rates):
+alpha on the latency-bound ones, then b0 and c (non-negative) on the others (see ``fit``).
+
+Schedules (P ranks):
+  Allreduce, ring: 2(P-1) steps; each rank sends 2(P-1)/P of the n bytes.
+  Allgatherv, sparbit: ceil(log2 P) steps; the busiest link carries the larger of all blocks
+  but the smallest (a rank receives every block but its own; exact for equal blocks) and
+  ceil(log2 P) x the largest block (one block needs that many hops to reach every rank; exact for
+  a single block).
+"""
+
+import math
+
+import numpy as np
+from scipy.optimize import nnls
+
+import timeline
+
+# Open MPI tuned-collective pins used for every method: ring Allreduce (bandwidth-optimal),
+# sparbit Allgatherv (bandwidth-optimal for equal blocks, log-depth for a single block)
+PINNED = {"coll": "^han", "coll_tuned_use_dynamic_rules": "1",
+          "coll_tuned_allreduce_algorithm": "4", "coll_tuned_allgatherv_algorithm": "6"}
+OPS = ("allreduce", "allgatherv")
+LATENCY_BYTES = 4096  # points of at most this many bytes a rank fit the latency alone
+FIT_ROUNDS = 20       # alternations of the two fits (they settle in a few)
+
+
+def mca_args() -> list[str]:
+    """The mpirun arguments that pin ``PINNED``."""
+    return [a for key, value in PINNED.items() for a in ("--mca", key, value)]
+
+
+def schedule(op: str, ranks: int, blocks: list[int]) -> tuple[int, float]:
+    """(steps, wire bytes of the busiest link) of one collective; for allreduce ``blocks`` is
+    [n], the bytes every rank contributes, for allgatherv each rank's block."""
+    if ranks == 1:
+        return 0, 0.0
+    if op == "allreduce":
+        return 2 * (ranks - 1), 2 * (ranks - 1) / ranks * blocks[0]
+    depth = math.ceil(math.log2(ranks))
+    return depth, max(sum(blocks) - min(blocks), depth * max(blocks))
+
+
+def point_blocks(point: dict) -> list[int]:
+    """The blocks of a micro-benchmark point (benchmarks/links/collectives.py's cases)."""
+    n, ranks = point["bytes"], point["ranks"]
+    return {"allreduce": [n], "allgatherv-all": [n] * ranks,
+            "allgatherv-one": [n] + [0] * (ranks - 1)}[point["op"]]
+
+
+def _features(op: str, ranks: int, blocks: list[int], rate_bits: float) -> np.ndarray:
+    steps, wire = schedule(op, ranks, blocks)
+    return np.array([steps, wire, wire / rate_bits])
+
+
+def fit(points: list[dict]) -> dict:
+    """Fit (alpha, b0, c) per collective on micro-benchmark points (each with op, bytes, ranks,
+    seconds, rate_bits); returns {op: {"alpha", "b0", "c"}}.
+
+    Two regimes, fitted apart so that neither drowns the other: alpha by least squares on the
+    latency-bound points (at most LATENCY_BYTES a rank), less their per-byte share; b0 and c by
+    non-negative least squares of the relative error on the other points, less alpha's share.
+    The two steps alternate until they settle (each share is small in the other regime)."""
+    params = {}
+    for op in OPS:
+        mine = [p for p in points if p["op"].startswith(op)]
+        x = np.array([_features(op, p["ranks"], point_blocks(p), p["rate_bits"]) for p in mine])
+        t = np.array([p["seconds"] for p in mine])
+        small = np.array([p["bytes"] <= LATENCY_BYTES for p in mine])
+        steps, per_byte = x[small, 0], np.zeros(2)
+        for _ in range(FIT_ROUNDS):
+            alpha = max(0.0, float(steps @ (t[small] - x[small, 1:] @ per_byte) / (steps @ steps)))
+            rest = (t[~small] - alpha * x[~small, 0]) / t[~small]
+            per_byte, _ = nnls(x[~small, 1:] / t[~small, None], rest)
+        params[op] = {"alpha": alpha, "b0": float(per_byte[0]), "c": float(per_byte[1])}
+    return params
+
+
+def seconds(params: dict, op: str, ranks: int, blocks: list[int], rate_bits: float) -> float:
+    """Modelled seconds of one collective."""
+    p = params[op]
+    return float(_features(op, ranks, blocks, rate_bits) @ [p["alpha"], p["b0"], p["c"]])
+
+
+def fit_errors(params: dict, points: list[dict]) -> list[dict]:
+    """Each point with the model's seconds and its relative error."""
+    out = []
+    for p in points:
+        op = "allreduce" if p["op"] == "allreduce" else "allgatherv"
+        model = seconds(params, op, p["ranks"], point_blocks(p), p["rate_bits"])
+        out.append({**p, "model_s": model, "error": model / p["seconds"] - 1.0})
+    return out
+
+
+def gather_round(params: dict, ranks: int, rate_bits: float, record: int, refresh: float,
+                 payload: float) -> float:
+    """Modelled seconds of one gather round: the records' Allgatherv, then the payloads', where
+    each of ``ranks`` clients (one per rank) refreshes with probability ``refresh`` and sends
+    ``payload`` bytes when it does; the expectation over the number of refreshing clients (the
+    payloads' Allgatherv runs even when none refreshes)."""
+    total = seconds(params, "allgatherv", ranks, [record] * ranks, rate_bits)
+    for m in range(ranks + 1):
+        prob = math.comb(ranks, m) * refresh ** m * (1 - refresh) ** (ranks - m)
+        if prob > 1e-12:
+            blocks = [payload] * m + [0] * (ranks - m)
+            total += prob * seconds(params, "allgatherv", ranks, blocks, rate_bits)
+    return total
+
+
+# ---- rounds of the trainer, built from those collectives ----
+
+def profile(result: dict, ranks: int) -> dict:
+    """What the model needs of one measured method: its rounds to the target (None if missed),
+    its exchange, and per-round means over the rounds up to the target (all rounds if missed):
+    the payload statistics of a gather exchange, the seconds outside training, evaluation and
+    the collectives, and of those the bank and aggregate seconds (which grow with the clients)."""
+    hit = result["rounds_to_target"]
+    rows = result["rows"][:hit] if hit else result["rows"]
+    mean = lambda f: sum(f(r) for r in rows) / len(rows)
+    kind = "allreduce" if result["algo"] == "fedavg" and result["compressor"] == "none" \
+        else "gather"
+    out = {"rounds": hit, "kind": kind, "ranks": ranks,
+           "other_s": mean(lambda r: r["round_s"] - r["train_s"] - r["eval_s"] - r["comm_s"]),
+           "scaled_s": mean(lambda r: r["bank_s"] + r["aggregate_s"]) if kind == "gather" else 0.0}
+    if kind == "allreduce":
+        out["bytes"] = rows[0]["mpi_bytes"] / ranks
+    else:
+        out.update(timeline.refresh_stats(rows))
+    return out
+
+
+def round_comm(params: dict, prof: dict, ranks: int, rate_bits: float) -> float:
+    """Modelled seconds in the collectives of one round of a profiled method, one client per
+    rank, at ``ranks`` ranks and ``rate_bits``."""
+    if prof["kind"] == "allreduce":
+        return seconds(params, "allreduce", ranks, [prof["bytes"]], rate_bits)
+    return gather_round(params, ranks, rate_bits, prof["record"], prof["refresh"],
+                        prof["payload"])
+
+
+def row_comm(params: dict, row: dict, kind: str, ranks: int, rate_bits: float) -> float:
+    """Modelled seconds in the collectives of one measured round (its own refreshes)."""
+    if kind == "allreduce":
+        return seconds(params, "allreduce", ranks, [row["mpi_bytes"] / ranks], rate_bits)
+    m = timeline.moved(row)
+    records = seconds(params, "allgatherv", ranks, [m["record"]] * ranks, rate_bits)
+    blocks = [m["per_client"]] * m["clients"] + [0] * (ranks - m["clients"])
+    return records + seconds(params, "allgatherv", ranks, blocks, rate_bits)
+
+
+def time_to_target(params: dict, prof: dict, alone: dict, ranks: int,
+                   rate_bits: float) -> float | None:
+    """Modelled seconds to the target: the measured rounds to it, each with one client's local
+    training and the evaluation as on one rank alone (``alone``, from timeline.one_rank), the
+    other local work as measured (bank and aggregate scaled by ranks / measured ranks), and the
+    modelled collectives. None if the method missed the target."""
+    if prof["rounds"] is None:
+        return None
+    local = alone["train_s"] + alone["eval_s"] + prof["other_s"] \
+        + prof["scaled_s"] * (ranks / prof["ranks"] - 1)
+    return prof["rounds"] * (local + round_comm(params, prof, ranks, rate_bits))
