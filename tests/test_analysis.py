@@ -3,6 +3,8 @@
 import json
 import math
 import re
+import subprocess
+import sys
 
 import matplotlib.legend
 import numpy as np
@@ -10,8 +12,8 @@ import pytest
 import torch
 
 from lbgm_mpi.analysis import plots
-from lbgm_mpi.analysis.report import (compare_table, display_labels, format_table, human_bytes,
-                                      load_run)
+from lbgm_mpi.analysis.report import (compare_table, display_labels, format_phase_table,
+                                      format_table, human_bytes, load_run, phase_table)
 from lbgm_mpi.analysis.subspace import (SubspaceTracker, explained_variance, n_components,
                                         overlap, principal_directions)
 from lbgm_mpi.models.layout import Layout
@@ -191,6 +193,39 @@ def test_compare_table_without_fedavg_leaves_comparisons_blank(runs):
     assert "n/a" not in format_table(rows)
     given = compare_table(runs[1:], target_acc=0.25)
     assert [r["bytes_to_target"] for r in given] == [100, 102]
+
+
+def test_phase_table_means_leave_out_the_first_round_and_charge_lbgm_its_own_phases(tmp_path):
+    folder = _write_run(tmp_path, "lbgm", "lbgm", [0.5, 0.6, 0.7], [1, 1, 1], [1, 1, 1],
+                        threshold=0.2, round_s=[9.0, 2.0, 4.0])
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    phases = [dict(train_s=5.0, decide_s=1.0, bank_s=1.0, aggregate_s=0.5, eval_s=0.1,
+                   checkpoint_s=0.0),
+              dict(train_s=1.0, decide_s=0.05, bank_s=0.05, aggregate_s=0.2, eval_s=0.1,
+                   checkpoint_s=0.0),
+              dict(train_s=3.0, decide_s=0.15, bank_s=0.05, aggregate_s=0.2, eval_s=0.1,
+                   checkpoint_s=0.2)]
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps({**r, **p}) + "\n" for r, p in zip(rows, phases)))
+    old = _write_run(tmp_path, "old", "fedavg", [0.5, 0.6], [1, 1], [1, 1])  # no phase keys
+    lbgm, fedavg = phase_table([folder, old])
+    assert lbgm["rounds"] == 2  # round 1 (warm-up) left out
+    assert lbgm["train_s"] == pytest.approx(2.0) and lbgm["round_s"] == pytest.approx(3.0)
+    assert lbgm["decide_s"] == pytest.approx(0.1) and lbgm["bank_s"] == pytest.approx(0.05)
+    assert lbgm["own_pct"] == pytest.approx(100 * 0.15 / 2.0)
+    known = 2.0 + 0.1 + 0.1 + 0.05 + 0.2 + 0.1 + 0.1  # comm_s is 0.1 in every round
+    assert lbgm["other_s"] == pytest.approx(3.0 - known)
+    assert fedavg["train_s"] is None and fedavg["own_pct"] is None
+    assert fedavg["comm_s"] == pytest.approx(0.1)
+    text = format_phase_table([lbgm, fedavg])
+    assert "own/train (%)" in text and "7.5" in text
+    cli = subprocess.run([sys.executable, "-m", "lbgm_mpi", "report", "--phases", str(folder),
+                          str(old), "--json", str(tmp_path / "phases.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert "7.5" in cli.stdout
+    assert json.loads((tmp_path / "phases.json").read_text())[0]["own_pct"] == \
+        pytest.approx(7.5)
 
 
 def test_human_bytes():

@@ -244,3 +244,54 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"not finished (running, or stopped: figures as of their last round): "
                      f"{', '.join(unfinished)}")
     return "\n".join([title] + lines)
+
+
+# per-round phase seconds in metrics.jsonl (training/phases.py); decide and bank are LBGM's own
+PHASE_KEYS = ("train_s", "decide_s", "comm_s", "bank_s", "aggregate_s", "eval_s",
+              "checkpoint_s", "round_s")
+OWN_PHASES = ("decide_s", "bank_s")
+
+
+def phase_table(run_dirs: list[str | Path]) -> list[dict]:
+    """One row per run folder: the mean seconds per round of each phase on the root (None for
+    a phase its metrics do not hold), the seconds no phase accounts for, and ``own_pct``, the
+    phases FedAvg does not have (projection and decision, bank writes) in percent of local
+    training. Timing of the first round (warm-up: allocations, first kernels) is left out when
+    there are more rounds."""
+    runs = [load_run(d) for d in run_dirs]
+    table = []
+    for run, name in zip(runs, display_labels(runs)):
+        rows = run.rounds[1:] if len(run.rounds) > 1 else run.rounds
+        mean = {key: (sum(r[key] for r in rows) / len(rows)
+                      if rows and all(key in r for r in rows) else None) for key in PHASE_KEYS}
+        known = [mean[k] for k in PHASE_KEYS[:-1] if mean[k] is not None]
+        other = mean["round_s"] - sum(known) if mean["round_s"] is not None else None
+        own = [mean[k] for k in OWN_PHASES if mean[k] is not None]
+        own_pct = (100.0 * sum(own) / mean["train_s"]
+                   if own and mean["train_s"] else None)
+        table.append({"name": name, "rounds": len(rows), **mean, "other_s": other,
+                      "own_pct": own_pct})
+    return table
+
+
+_PHASE_COLUMNS = (("label", "name", str), ("rounds", "rounds", str),
+                  *((key[:-2], key, "{:.3f}".format) for key in PHASE_KEYS),
+                  ("other", "other_s", "{:.3f}".format), ("own/train (%)", "own_pct",
+                                                          "{:.1f}".format))
+
+
+def format_phase_table(rows: list[dict]) -> str:
+    """The rows of ``phase_table`` as an aligned text table with its legend."""
+    cells = [[h for h, _, _ in _PHASE_COLUMNS]]
+    cells += [[fmt(row[key]) if row[key] is not None else "" for _, key, fmt in _PHASE_COLUMNS]
+              for row in rows]
+    widths = [max(len(line[c]) for line in cells) for c in range(len(_PHASE_COLUMNS))]
+    lines = ["  ".join(text.ljust(w) if c == 0 else text.rjust(w)
+                       for c, (text, w) in enumerate(zip(line, widths))).rstrip()
+             for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = ("mean seconds per round on the root rank (the first round left out): local\n"
+             "training, LBGM's projection and decision, data collectives, bank writes,\n"
+             "aggregation and server step, evaluation, checkpoint hold, the whole round, and what\n"
+             "no phase accounts for; own/train = (decide + bank) / train")
+    return "\n".join([title] + lines)

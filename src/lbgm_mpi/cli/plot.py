@@ -1,5 +1,6 @@
-"""``lbgm-mpi plot`` (figures) and ``lbgm-mpi report`` (the comparison table, or with --seeds
-the table of each method's mean and spread over seeds) for run folders.
+"""``lbgm-mpi plot`` (figures) and ``lbgm-mpi report`` (the comparison table; with --seeds
+the table of each method's mean and spread over seeds; with --phases the seconds of each phase of
+the round) for run folders.
 
 Both read run folders (metrics.jsonl, and summary.json or, for a run still running or stopped,
 config.toml) and need no config; files among the arguments (the PNGs and tables written next to
@@ -32,6 +33,10 @@ def register(sub) -> None:
     report.add_argument("--seeds", default=None, metavar="S,S,...",
                         help="one row per method (run label) with its mean and spread over these "
                         "seeds (each method needs a run of every seed; other seeds are left out)")
+    report.add_argument("--phases", action="store_true",
+                        help="instead, the mean seconds per round of each phase (training, "
+                        "decision, collectives, bank, aggregation, evaluation, checkpoint) and "
+                        "LBGM's own phases in percent of training")
     plot.set_defaults(handler=cmd_plot)
     report.set_defaults(handler=cmd_report)
 
@@ -96,6 +101,8 @@ def cmd_report(comm, args, spec) -> int:
         return 0
     from lbgm_mpi.analysis.report import compare_table, format_table
     folders = run_folders(args.runs)
+    if args.phases:
+        return _report_phases(folders, args)
     if args.seeds is not None:
         return _report_seeds(folders, args)
     try:
@@ -122,4 +129,17 @@ def _report_seeds(folders: list[Path], args) -> int:
     print(format_seed_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows_to_json(rows), indent=1))
+    return 0
+
+
+def _report_phases(folders: list[Path], args) -> int:
+    """The per-phase seconds (analysis/report.py, phase_table) of the runs in ``folders``."""
+    from lbgm_mpi.analysis.report import format_phase_table, phase_table
+    if args.seeds is not None or args.target is not None:
+        raise UserError("--phases shows each run's seconds: leave out --seeds and --target")
+    rows = phase_table(folders)
+    print(format_phase_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"run_dir": str(f), **row} for f, row in zip(folders, rows)], indent=1))
     return 0
