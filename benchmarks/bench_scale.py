@@ -51,9 +51,10 @@ PRESETS = {
              "sets": ["system.device=cpu", "run.check_every=0"]},
     # what the bank costs a node: ranks per node x storage x dtype, 2M parameters, K = 32
     "memory": {"config": "configs/default.toml", "ranks": [1, 2, 4], "clients": [32],
-               "hidden": [80000], "rounds": 2, "fake_cifar": None, "methods": "lbgm",
+               "hidden": [2535], "rounds": 2, "fake_cifar": None, "methods": "lbgm",
                "banks": ["replicated", "shared"], "dtypes": ["float32", "bfloat16"],
                "sets": ["data.name=synthetic", "data.synthetic_samples=320", "model.name=mlp",
+                        "data.synthetic_features=784",
                         "data.partition=iid", "algo.threshold=0", "clients.lr=0.01",
                         "run.check_every=0"]},
     # the paper's job at the paper's scale on one GPU node (4 ranks sharing one GPU)

@@ -88,7 +88,11 @@ def _check_room(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _write_array(f: h5py.File, name: str, array: np.ndarray) -> None:
-    big = array.nbytes >= COMPRESS_MIN_BYTES and array.ndim >= 1 and array.dtype.kind in "iub"
+    # index arrays (partitions, cursors: 4- and 8-byte integers) compress well; the bfloat16 bank
+    # (stored as int16) and packed client states (bytes) hold floats, which gzip barely shrinks
+    # at a cost of seconds and buffers per GB
+    big = (array.nbytes >= COMPRESS_MIN_BYTES and array.ndim >= 1
+           and array.dtype.kind in "iu" and array.dtype.itemsize >= 4)
     f.create_dataset(name, data=array, chunks=True if big else None,
                      compression="gzip" if big else None, compression_opts=1 if big else None)
 

@@ -1,12 +1,13 @@
 """Checks made on every rank before a run allocates anything large, each ending in one line that
-names the cause: the kernel back end exists, the model fits the data (built and run on PyTorch's
-"meta" device, which has shapes but no storage), and the run fits in this node's memory.
+names the cause: the kernel back end exists, the run fits in this node's memory (the model counted
+on PyTorch's "meta" device, which has shapes but no storage), and the model fits the data (one
+sample through it).
 
 The memory figure is a lower bound: per-client bookkeeping, the look-back bank (clients x slots x
-parameters x bytes per value, on every rank or once per node), the model, the updates of the participants a rank
-trains at once, and its share of the data. A run refused here could never have run; a run
-admitted may still need more (the exchange's buffers), but no longer grows until the machine
-kills it, as clients.count = 10^9 did.
+parameters x bytes per value, on every rank or once per node), the model, the updates of the
+participants a rank trains at once, and its share of the data. A run refused here could never have
+run; a run admitted may still need more (the exchange's buffers), but no longer grows until the
+machine kills it, as clients.count = 10^9 did.
 """
 
 import math
@@ -33,6 +34,7 @@ def check_run(spec, ranks: int, ranks_on_node: int) -> int:
     params = model_parameters(spec, in_shape, num_classes)
     _check_memory(_needs(spec, ranks, ranks_on_node, params, math.prod(in_shape) * samples,
                          bookkeeping), spec, ranks_on_node)
+    check_forward(spec, in_shape, num_classes)
     return params
 
 
@@ -47,21 +49,39 @@ def _check_kernels(system) -> None:
 
 
 def model_parameters(spec, in_shape, num_classes: int) -> int:
-    """Values in the flat model vector (parameters and float buffers) of ``spec``'s model on
-    inputs of ``in_shape``; raises UserError if the model cannot take such inputs."""
+    """Values in the flat model vector (parameters and float buffers) of ``spec``'s model, built
+    on the "meta" device (no storage); raises UserError if it cannot be built for such data."""
     from lbgm_mpi.models import build_model
-    what = (f"model.name = {spec.model.name!r} does not fit data.name = {spec.data.name!r} "
-            f"(inputs {'x'.join(map(str, in_shape))}, {num_classes} classes)")
     try:
         with torch.device("meta"):
             model = build_model(spec.model, in_shape, num_classes, spec.run.seed)
-            out = model.eval()(torch.empty((1, *in_shape)))
     except (RuntimeError, ValueError, TypeError) as err:
-        raise UserError(f"{what}: {str(err).splitlines()[0]}") from None
-    if tuple(out.shape) != (1, num_classes):
-        raise UserError(f"{what}: it outputs {tuple(out.shape[1:])} per sample")
+        raise UserError(f"{_misfit(spec, in_shape, num_classes)}: {str(err).splitlines()[0]}") \
+            from None
     return sum(t.numel() for t in (*model.parameters(), *model.buffers())
                if t.is_floating_point())
+
+
+def check_forward(spec, in_shape, num_classes: int) -> None:
+    """Raise UserError unless ``spec``'s model, built on the CPU, maps one sample of ``in_shape``
+    to ``num_classes`` outputs. Called once the memory check has admitted the model; a forward on
+    "meta" would import PyTorch's symbolic shapes (sympy, 800 modules, 70 MB on every rank)."""
+    from lbgm_mpi.models import build_model
+    try:
+        with torch.no_grad():
+            model = build_model(spec.model, in_shape, num_classes, spec.run.seed)
+            out = model.eval()(torch.zeros((1, *in_shape)))
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise UserError(f"{_misfit(spec, in_shape, num_classes)}: {str(err).splitlines()[0]}") \
+            from None
+    if tuple(out.shape) != (1, num_classes):
+        raise UserError(f"{_misfit(spec, in_shape, num_classes)}: it outputs "
+                        f"{tuple(out.shape[1:])} per sample")
+
+
+def _misfit(spec, in_shape, num_classes: int) -> str:
+    return (f"model.name = {spec.model.name!r} does not fit data.name = {spec.data.name!r} "
+            f"(inputs {'x'.join(map(str, in_shape))}, {num_classes} classes)")
 
 
 def _needs(spec, ranks: int, ranks_on_node: int, params: int, sample_values: int,
