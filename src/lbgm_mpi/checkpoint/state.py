@@ -118,20 +118,34 @@ class BackgroundWriter:
         self._thread.start()
 
     def wait_data(self) -> None:
-        """Block until the running write, if any, has read all its data."""
+        """Block until the running write, if any, has read all its data. A failed write is not
+        raised here (in the middle of a round, where the other ranks could not learn of it) but
+        kept for ``failure`` or ``wait``."""
         if not self._data.is_set():
             start = time.perf_counter()
             self._data.wait()
             self.waited_s += time.perf_counter() - start
-        self._raise()
 
-    def wait(self) -> None:
-        """Block until no write is running."""
+    def failure(self) -> str | None:
+        """The message of a write that failed with a CheckpointError (a full disk), taken: the
+        loop tells every rank and stops them together. Any other error raises here."""
+        if isinstance(self._error, CheckpointError):
+            error, self._error = self._error, None
+            return str(error)
+        self._raise()
+        return None
+
+    def join(self) -> None:
+        """Block until no write is running (a failure is kept for ``failure`` or ``wait``)."""
         if self._thread is not None:
             start = time.perf_counter()
             self._thread.join()
             self.waited_s += time.perf_counter() - start
             self._thread = None
+
+    def wait(self) -> None:
+        """Block until no write is running; raise what it raised."""
+        self.join()
         self._raise()
 
     def _raise(self) -> None:

@@ -171,13 +171,20 @@ class Trainer:
         In the background, the root writes while training goes on (the bank waits for it before
         it changes); otherwise every rank returns once the file is in place."""
         from lbgm_mpi.checkpoint.state import save
+        from lbgm_mpi.checkpoint.store import CheckpointError
         waited = self.writer.waited_s
         start = time.perf_counter()
-        self.writer.wait()  # one checkpoint at a time
-        path = save(self, self.checkpoint_dir, self.writer if background else None)
-        if not background:
-            # no rank may exit (which makes mpirun end the job) before the file is in place
-            self.comm.barrier()
+        self.writer.join()  # one checkpoint at a time
+        failed = self.writer.failure()  # of the one before, written in the background
+        try:
+            path = save(self, self.checkpoint_dir, self.writer if background else None)
+        except CheckpointError as err:  # only the root writes
+            path, failed = None, failed or str(err)
+        # every rank learns whether the root could write (no rank may exit, which makes mpirun
+        # end the job, before the file is in place), and a failure stops them all in one line
+        failed = self.comm.control_bcast(failed if self.comm.is_root else None)
+        if failed:
+            raise AgreedError(failed)
         self.checkpoint_hold_s += time.perf_counter() - start - (self.writer.waited_s - waited)
         return path
 
@@ -222,8 +229,10 @@ class Trainer:
         saved, saved_at = self.round, time.monotonic()
         while self.round < self.spec.run.rounds:
             self.step()
-            finite, due = self.comm.control_bcast(
+            finite, due, failed = self.comm.control_bcast(
                 self._verdict(saved_at) if self.comm.is_root else None)
+            if failed:
+                raise AgreedError(failed)
             if not finite:
                 raise AgreedError(self._diverged(saved))
             if self.stop_agreed:
@@ -237,12 +246,13 @@ class Trainer:
         return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank,
                                                         **self.resources()})
 
-    def _verdict(self, saved_at: float) -> tuple[bool, bool]:
-        """(is the global model finite, is a checkpoint due), as the root sees them."""
+    def _verdict(self, saved_at: float) -> tuple[bool, bool, str | None]:
+        """(is the global model finite, is a checkpoint due, why the checkpoint written in the
+        background failed or None), as the root sees them."""
         every, minutes = self.spec.run.checkpoint_every, self.spec.run.checkpoint_minutes
         due = bool(every and self.round % every == 0) or \
             bool(minutes and time.monotonic() - saved_at >= 60.0 * minutes)
-        return bool(torch.isfinite(self.theta).all()), due
+        return bool(torch.isfinite(self.theta).all()), due, self.writer.failure()
 
     def _diverged(self, saved: int) -> str:
         kept = f"the checkpoint of round {saved} stays the last good state" if saved else \
