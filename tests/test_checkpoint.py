@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics, without_timing
-from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_path, list_checkpoints,
-                                       prune_checkpoints, read_checkpoint, write_checkpoint)
+from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_layout, checkpoint_path,
+                                       list_checkpoints, prune_checkpoints, read_checkpoint,
+                                       read_rows, write_checkpoint)
 
 RUN = ["configs/default.toml", *FAST, "--set", "algo.threshold=0.3", "--quiet"]
 
@@ -31,6 +32,28 @@ def test_round_trip_and_pruning(tmp_path):
     got, attrs = read_checkpoint(checkpoint_path(tmp_path, 3))
     assert attrs == {"round": 3}
     assert all(np.array_equal(got[k], arrays[k]) for k in arrays) and got.keys() == arrays.keys()
+
+
+def test_bank_rows_are_read_in_blocks_of_columns_and_checked(tmp_path):
+    rows = np.random.default_rng(1).normal(size=(37, 1000)).astype(np.float32)
+    path = checkpoint_path(tmp_path, 1)
+    write_checkpoint(path, {"bank/rows": rows, "theta": rows[0]}, {"round": 1})
+    arrays, _ = read_checkpoint(path, skip={"bank/rows"})
+    assert list(arrays) == ["theta"]
+    out, blocks = np.zeros_like(rows), []
+
+    def write(first, block):
+        blocks.append(block.shape)
+        out[first:first + len(block), 300:700] = block
+
+    read_rows(path, "bank/rows", rows.shape, np.float32, (300, 700), write, step_bytes=4 * 400 * 5)
+    assert blocks == [(5, 400)] * 7 + [(2, 400)]  # 5 rows of 400 columns per block
+    assert np.array_equal(out[:, 300:700], rows[:, 300:700]) and not out[:, :300].any()
+    with pytest.raises(CheckpointError, match=r"bank/rows is float32 \(37, 1000\), this run needs"):
+        read_rows(path, "bank/rows", (38, 1000), np.float32, (0, 1000), write)
+    layout, attrs = checkpoint_layout(path)
+    assert layout == {"bank/rows": (np.dtype(np.float32), (37, 1000)),
+                      "theta": (np.dtype(np.float32), (1000,))} and attrs == {"round": 1}
 
 
 def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):

@@ -18,8 +18,10 @@ import torch
 
 from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_path, list_checkpoints,
-                                       prune_checkpoints, read_checkpoint, verify_checkpoint,
-                                       write_checkpoint)
+                                       prune_checkpoints, read_checkpoint, read_rows,
+                                       verify_checkpoint, write_checkpoint)
+
+BANK_ROWS = "bank/rows"  # the look-back bank's rows: read on resume a block at a time
 
 # Keys that may change on resume: they do not change what a round computes.
 SAFE_KEYS = {"run.rounds", "run.eval_every", "run.check_every", "run.checkpoint_every",
@@ -80,7 +82,7 @@ def capture(trainer) -> dict[str, np.ndarray] | None:
     bank = trainer.exchange.bank
     if bank is not None:
         rows = bank.rows if bank.rows.dtype != torch.bfloat16 else bank.rows.view(torch.int16)
-        arrays["bank/rows"] = rows.cpu().numpy()
+        arrays[BANK_ROWS] = rows.cpu().numpy()
         arrays["bank/cursor"] = bank.cursor.numpy().copy()
     for packed in gathered:
         arrays.update(unpack_arrays(packed))
@@ -222,7 +224,7 @@ def check_compatible(path: Path, saved: dict, current: dict) -> None:
 
 def restore(trainer, path: Path) -> None:
     """Load the checkpoint at ``path`` into ``trainer`` (every rank reads the file)."""
-    arrays, attrs = read_checkpoint(path)
+    arrays, attrs = read_checkpoint(path, skip={BANK_ROWS})
     check_compatible(path, attrs["config"], trainer.spec.to_dict())
     if attrs["round"] > trainer.spec.run.rounds:
         raise CheckpointError(f"checkpoint {path} is at round {attrs['round']}, past run.rounds = "
@@ -235,7 +237,7 @@ def restore(trainer, path: Path) -> None:
                               "(another data set or partition code)")
     trainer.theta.copy_(torch.from_numpy(arrays["theta"]))
     trainer.server.velocity.copy_(torch.from_numpy(arrays["server/velocity"]))
-    _restore_bank(trainer, arrays)
+    _restore_bank(trainer, path, arrays)
     _restore_clients(trainer, arrays)
     trainer.exchange.load_server_state(
         {name.split("/", 1)[1]: torch.from_numpy(np.array(value))
@@ -244,17 +246,21 @@ def restore(trainer, path: Path) -> None:
     trainer.log.restore(json.loads(arrays["metrics_json"].tobytes().decode()))
 
 
-def _restore_bank(trainer, arrays) -> None:
-    """Copy the rows (this rank's columns, for a node-shared bank) and the cursors; rebuild the
-    local clients' Gram matrices from the rows."""
+def _restore_bank(trainer, path: Path, arrays) -> None:
+    """Read the rows (this rank's columns, for a node-shared bank) from the file into the bank a
+    block of rows at a time (no second K x d buffer); copy the cursors; rebuild the local
+    clients' Gram matrices from the rows."""
     bank = trainer.exchange.bank
     if bank is None:
         return
-    rows = torch.from_numpy(arrays.pop("bank/rows"))
-    if rows.dtype != bank.rows.dtype:
-        rows = rows.view(bank.rows.dtype)
+    rows = bank.rows if bank.rows.dtype != torch.bfloat16 else bank.rows.view(torch.int16)
     lo, hi = bank.columns
-    bank.rows[:, lo:hi].copy_(rows[:, lo:hi])
+
+    def write(first: int, block: np.ndarray) -> None:
+        rows[first:first + len(block), lo:hi].copy_(torch.from_numpy(block))
+
+    dtype = torch.empty(0, dtype=rows.dtype).numpy().dtype
+    read_rows(path, BANK_ROWS, tuple(rows.shape), dtype, (lo, hi), write)
     bank.cursor.copy_(torch.from_numpy(arrays["bank/cursor"]))
     bank.node.sync()
     bank.rebuild_gram()

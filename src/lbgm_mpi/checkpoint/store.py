@@ -166,17 +166,30 @@ def verify_checkpoint(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} is corrupt: checksum mismatch")
 
 
-def read_checkpoint(path: Path, names=None) -> tuple[dict[str, np.ndarray], dict]:
+def read_checkpoint(path: Path, names=None, skip=()) -> tuple[dict[str, np.ndarray], dict]:
     """Read and verify a checkpoint; return (arrays, attrs).
 
     The whole file is verified against its header first, so a truncated or corrupted file is
-    refused with a CheckpointError naming it. ``names`` (optional) limits the arrays returned."""
+    refused with a CheckpointError naming it. ``names`` (optional) limits the arrays returned;
+    the arrays named in ``skip`` are left unread (``read_rows`` reads one in blocks)."""
     verify_checkpoint(path)
+    return _read(path, lambda ds: ds[()], skip, names)
+
+
+def checkpoint_layout(path: Path) -> tuple[dict[str, tuple[np.dtype, tuple]], dict]:
+    """Verify a checkpoint; return ({array name: (dtype, shape)}, attrs) without reading the
+    arrays."""
+    verify_checkpoint(path)
+    return _read(path, lambda ds: (ds.dtype, ds.shape))
+
+
+def _read(path: Path, take, skip=(), names=None) -> tuple[dict, dict]:
+    """({dataset name: take(dataset)}, attrs) of the checkpoint at ``path``."""
     try:
         with h5py.File(path, "r") as f:
             arrays = {}
-            f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                         if isinstance(obj, h5py.Dataset) else None)
+            f.visititems(lambda name, obj: arrays.__setitem__(name, take(obj))
+                         if isinstance(obj, h5py.Dataset) and name not in skip else None)
             attrs = {k: json.loads(v) for k, v in f.attrs.items()}
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
         # the bytes are those written, so only a file written by something else gets here
@@ -184,6 +197,26 @@ def read_checkpoint(path: Path, names=None) -> tuple[dict[str, np.ndarray], dict
     if names is not None:
         arrays = {k: v for k, v in arrays.items() if k in names or k.split("/")[0] in names}
     return arrays, attrs
+
+
+def read_rows(path: Path, name: str, shape: tuple[int, int], dtype: np.dtype,
+              columns: tuple[int, int], write, step_bytes: int = 64 << 20) -> None:
+    """Read columns [lo, hi) of the 2-D array ``name`` of the (verified) checkpoint at ``path``
+    in blocks of rows of at most ``step_bytes``, calling ``write(first_row, block)`` for each:
+    a reader that copies each block into place never holds a second copy of the array. Raises
+    CheckpointError unless the array has ``shape`` and ``dtype``."""
+    lo, hi = columns
+    try:
+        with h5py.File(path, "r") as f:
+            ds = f[name]
+            if ds.shape != tuple(shape) or ds.dtype != np.dtype(dtype):
+                raise CheckpointError(f"checkpoint {path}: {name} is {ds.dtype} {ds.shape}, this "
+                                      f"run needs {np.dtype(dtype)} {tuple(shape)}")
+            step = max(1, step_bytes // max(1, (hi - lo) * ds.dtype.itemsize))
+            for first in range(0, ds.shape[0], step):
+                write(first, ds[first:first + step, lo:hi])
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_first_line(err)}") from None
 
 
 def _first_line(err: Exception) -> str:

@@ -1,9 +1,10 @@
 """``lbgm-mpi inspect CKPT|RUN_DIR``: what a checkpoint holds, and whether its checksum holds."""
 
+import math
 from pathlib import Path
 
 from lbgm_mpi.analysis.report import human_bytes
-from lbgm_mpi.checkpoint.store import list_checkpoints, read_checkpoint
+from lbgm_mpi.checkpoint.store import checkpoint_layout, list_checkpoints
 from lbgm_mpi.errors import UserError
 
 
@@ -28,7 +29,7 @@ def _chosen(path: Path) -> tuple[Path, str]:
 def describe(path: Path) -> str:
     """A human-readable description of the checkpoint at ``path`` (verified on the way)."""
     path, chosen = _chosen(Path(path))
-    arrays, attrs = read_checkpoint(path)
+    arrays, attrs = checkpoint_layout(path)  # verified, but no array read: a bank may be GBs
     cfg = attrs["config"]
     lines = [f"checkpoint {path}  ({human_bytes(path.stat().st_size)} on disk){chosen}",
              f"  round {attrs['round']} of {cfg['run']['rounds']}, written by {attrs['ranks']} "
@@ -40,9 +41,9 @@ def describe(path: Path) -> str:
              f"{cfg['clients']['count']} clients, seed {cfg['run']['seed']}",
              "  arrays:"]
     for name in sorted(arrays):
-        a = arrays[name]
-        lines.append(f"    {name:<28} {str(a.dtype):<8} {str(a.shape):<16} "
-                     f"{human_bytes(a.nbytes)}")
+        dtype, shape = arrays[name]
+        nbytes = dtype.itemsize * math.prod(shape)
+        lines.append(f"    {name:<28} {str(dtype):<8} {str(shape):<16} {human_bytes(nbytes)}")
     return "\n".join(lines)
 
 
