@@ -38,3 +38,21 @@ def test_batchnorm_keeps_running_stats():
 def test_too_small_input_is_rejected():
     with pytest.raises(ValueError, match="vgg19 needs inputs at least 32x32"):
         PAPER_MODELS["vgg19"](MNIST, 10)
+
+
+def test_evaluation_batches_bound_activations_and_give_the_one_batch_figures():
+    from lbgm_mpi.models.layout import flatten
+    from lbgm_mpi.training.client import EVAL_BATCH, eval_batch_size, evaluate
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(64, 200_000), torch.nn.ReLU(),
+                               torch.nn.Linear(200_000, 10))
+    x, y = torch.randn(300, 64), torch.randint(0, 10, (300,))
+    batch = eval_batch_size(wide, x)
+    # 2 x 200,000 float32 outputs per sample: 1.6 MB, so 41 samples fit in 64 MB
+    assert batch == (64 << 20) // (4 * (200_000 * 2 + 10)) < len(y)
+    acc, loss = evaluate(wide, flatten(wide), x, y)
+    whole = evaluate(wide, flatten(wide), x, y, batch=len(y))
+    assert acc == whole[0] and loss == pytest.approx(whole[1], rel=1e-6)
+    resnet = PAPER_MODELS["resnet18"](CIFAR, 10)
+    assert 1 < eval_batch_size(resnet.eval(), torch.randn(4, *CIFAR)) < 128
+    assert eval_batch_size(PAPER_MODELS["fcn"](MNIST, 10), torch.randn(4, *MNIST)) == EVAL_BATCH
