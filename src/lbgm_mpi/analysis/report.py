@@ -226,15 +226,21 @@ def _cell(row: dict, key: str, fmt) -> str:
     return "n/a" if key == "bytes_to_target" and row["target_acc"] is not None else ""
 
 
-def format_table(rows: list[dict]) -> str:
-    """The rows of ``compare_table`` as an aligned text table, with the target accuracy above it."""
-    cells = [[h for h, _, _ in _COLUMNS]]
-    cells += [[_cell(row, key, fmt) for _, key, fmt in _COLUMNS] for row in rows]
-    widths = [max(len(line[c]) for line in cells) for c in range(len(_COLUMNS))]
+def _aligned(cells: list[list[str]]) -> list[str]:
+    """Rows of text cells (the first row the header) as aligned lines: the first column left,
+    the others right, a rule under the header."""
+    widths = [max(len(line[c]) for line in cells) for c in range(len(cells[0]))]
     lines = ["  ".join(text.ljust(w) if c == 0 else text.rjust(w)
                        for c, (text, w) in enumerate(zip(line, widths))).rstrip()
              for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of ``compare_table`` as an aligned text table, with the target accuracy above it."""
+    lines = _aligned([[h for h, _, _ in _COLUMNS]]
+                     + [[_cell(row, key, fmt) for _, key, fmt in _COLUMNS] for row in rows])
     target = rows[0]["target_acc"] if rows else None
     title = (f"uplink to target: cumulative uplink bytes until test accuracy first reaches "
              f"{100.0 * target:.2f}% ({rows[0]['target_source']})" if target is not None
@@ -282,14 +288,9 @@ _PHASE_COLUMNS = (("label", "name", str), ("rounds", "rounds", str),
 
 def format_phase_table(rows: list[dict]) -> str:
     """The rows of ``phase_table`` as an aligned text table with its legend."""
-    cells = [[h for h, _, _ in _PHASE_COLUMNS]]
-    cells += [[fmt(row[key]) if row[key] is not None else "" for _, key, fmt in _PHASE_COLUMNS]
-              for row in rows]
-    widths = [max(len(line[c]) for line in cells) for c in range(len(_PHASE_COLUMNS))]
-    lines = ["  ".join(text.ljust(w) if c == 0 else text.rjust(w)
-                       for c, (text, w) in enumerate(zip(line, widths))).rstrip()
-             for line in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned([[h for h, _, _ in _PHASE_COLUMNS]]
+                     + [[fmt(row[key]) if row[key] is not None else ""
+                         for _, key, fmt in _PHASE_COLUMNS] for row in rows])
     title = ("mean seconds per round on the root rank (the first round left out): local\n"
              "training, LBGM's projection and decision, data collectives, bank writes,\n"
              "aggregation and server step, evaluation, checkpoint hold, the whole round, and what\n"
