@@ -1,5 +1,6 @@
 """Shared helpers: launching the CLI under mpirun with a timeout, reading run folders."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -71,3 +72,18 @@ FAST = ["--set", "data.name=synthetic", "--set", "model.name=mlp", "--set", "mod
         "--set", "clients.count=4", "--set", "run.rounds=8", "--set", "clients.lr=0.1",
         "--set", "data.partition=shards", "--set", "data.classes_per_client=2",
         "--set", "run.check_every=2"]
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str):
+    """A tmpfs mounted at ``mount`` (created) with ``options`` for the ``with`` block; skips the
+    test where mounting is refused (not root, no mount permission)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

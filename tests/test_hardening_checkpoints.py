@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, without_timing
+from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, tmpfs, without_timing
 from lbgm_mpi.checkpoint.store import (CheckpointError, list_checkpoints, read_checkpoint,
                                        write_checkpoint)
 
@@ -80,14 +80,8 @@ def test_inspect_a_run_folder_shows_its_newest_checkpoint(tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MB tmpfs mounted for the test (root only; skipped where mounting is refused)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "size=4m") as mount:
+        yield mount
 
 
 def _fill(disk, leave: int) -> None:

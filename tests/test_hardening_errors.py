@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env
+from conftest import FAST, REPO, lbgm, mpi_env, tmpfs
 from lbgm_mpi.config import load_config
 from lbgm_mpi.errors import UserError
 from lbgm_mpi.training.preflight import check_run
@@ -87,17 +87,9 @@ def test_an_out_that_is_a_file(tmp_path):
 @pytest.mark.mpi
 def test_an_out_that_cannot_be_written(tmp_path):
     """Root writes anywhere on a writable file system, so the test mounts a read-only one."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
         _one_line(lbgm(2, "train", "configs/default.toml", "--out", str(mount / "run"),
                        timeout=60, check=False), f"--out {mount / 'run'}", "Read-only")
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # ---- HDF5 data stores -----------------------------------------------------------------------
