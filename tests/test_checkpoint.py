@@ -56,6 +56,18 @@ def test_bank_rows_are_read_in_blocks_of_columns_and_checked(tmp_path):
                       "theta": (np.dtype(np.float32), (1000,))} and attrs == {"round": 1}
 
 
+def test_integer_arrays_are_compressed_unless_named_raw(tmp_path):
+    path = checkpoint_path(tmp_path, 1)
+    index = np.arange(1 << 18, dtype=np.int64)  # 2 MB of partition indices
+    bank = np.zeros((64, 1 << 14), dtype=np.int16)  # 2 MB of a bfloat16 bank, stored as int16
+    write_checkpoint(path, {"partition/indices": index, "bank/rows": bank}, {"round": 1},
+                     raw={"bank/rows"})
+    with h5py.File(path, "r") as f:
+        assert f["partition/indices"].compression == "gzip"
+        assert f["bank/rows"].compression is None and f["bank/rows"].chunks is None
+    assert np.array_equal(read_checkpoint(path)[0]["partition/indices"], index)
+
+
 def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path):
     path = checkpoint_path(tmp_path, 1)
     write_checkpoint(path, {"theta": np.ones(100, dtype=np.float32)}, {"round": 1})

@@ -81,19 +81,23 @@ def capture(trainer) -> dict[str, np.ndarray] | None:
         arrays[f"exchange/{name}"] = value.detach().cpu().numpy().copy()
     bank = trainer.exchange.bank
     if bank is not None:
-        rows = bank.rows if bank.rows.dtype != torch.bfloat16 else bank.rows.view(torch.int16)
-        arrays[BANK_ROWS] = rows.cpu().numpy()
+        arrays[BANK_ROWS] = _stored_rows(bank).cpu().numpy()
         arrays["bank/cursor"] = bank.cursor.numpy().copy()
     for packed in gathered:
         arrays.update(unpack_arrays(packed))
     return arrays
 
 
+def _stored_rows(bank) -> torch.Tensor:
+    """The bank's rows as the file stores them: bfloat16 as int16 (HDF5 has no bfloat16)."""
+    return bank.rows if bank.rows.dtype != torch.bfloat16 else bank.rows.view(torch.int16)
+
+
 class BackgroundWriter:
     """Writes one checkpoint at a time in a thread. ``wait_data`` returns once the writer no
     longer reads the live bank (its rows are in the file, which may still be syncing to disk);
-    ``wait`` once the file is in place; both raise, in the caller's thread, whatever the writing
-    raised."""
+    ``join`` once the file is in place. A failed write is handed to the training thread by
+    ``failure`` (a CheckpointError, as its message) or raised by ``wait``."""
 
     def __init__(self):
         self._thread = None
@@ -173,7 +177,7 @@ def save(trainer, folder: Path, writer: BackgroundWriter | None = None):
 
     def write(data_written=None):
         start = time.perf_counter()
-        size = write_checkpoint(path, arrays, attrs, data_written=data_written)
+        size = write_checkpoint(path, arrays, attrs, data_written=data_written, raw={BANK_ROWS})
         prune_checkpoints(folder, keep)
         trainer.progress.note(f"checkpoint {path.name}: {human_bytes(size)} in "
                               f"{time.perf_counter() - start:.2f} s")
@@ -253,7 +257,7 @@ def _restore_bank(trainer, path: Path, arrays) -> None:
     bank = trainer.exchange.bank
     if bank is None:
         return
-    rows = bank.rows if bank.rows.dtype != torch.bfloat16 else bank.rows.view(torch.int16)
+    rows = _stored_rows(bank)
     lo, hi = bank.columns
 
     def write(first: int, block: np.ndarray) -> None:

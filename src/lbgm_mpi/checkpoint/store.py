@@ -40,7 +40,7 @@ class CheckpointError(UserError):
 
 
 def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
-                     before_rename=None, data_written=None) -> int:
+                     before_rename=None, data_written=None, raw=()) -> int:
     """Write ``arrays`` and ``attrs`` to ``path`` atomically; return the file size in bytes.
 
     The data go to a temporary file in the same folder, which is sealed with its header, fsync'ed,
@@ -48,14 +48,15 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
     fails (a full disk) removes the temporary file and raises CheckpointError naming ``path``.
     ``data_written`` is called once every array has been read and handed to the file (the caller
     may change them from then on, while the file is sealed and synced); ``before_rename`` just
-    before the rename (tests use it to kill the process there)."""
+    before the rename (tests use it to kill the process there). The arrays named in ``raw`` are
+    never compressed (integer arrays that hold floats, such as a bfloat16 bank)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _check_room(path, arrays)
     try:
         with h5py.File(tmp, "w", libver="latest", userblock_size=HEADER_BYTES) as f:
             for name, array in arrays.items():
-                _write_array(f, name, np.ascontiguousarray(array))
+                _write_array(f, name, np.ascontiguousarray(array), name not in raw)
             for key, value in attrs.items():
                 f.attrs[key] = json.dumps(value)
         if data_written is not None:
@@ -64,9 +65,7 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray], attrs: dict,
     except (OSError, RuntimeError) as err:  # h5py reports a failed write as either
         tmp.unlink(missing_ok=True)
         full = getattr(err, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(err)
-        why = "the disk is full" if full else _first_line(err)
-        raise CheckpointError(f"cannot write checkpoint {path}: {why}; the checkpoints already "
-                              f"in {path.parent} are intact") from None
+        raise _cannot_write(path, "the disk is full" if full else _first_line(err)) from None
     if before_rename is not None:
         before_rename(tmp)
     os.replace(tmp, path)
@@ -82,17 +81,20 @@ def _check_room(path: Path, arrays: dict[str, np.ndarray]) -> None:
     need = sum(a.nbytes for a in arrays.values()) + HDF5_BYTES_PER_DATASET * (len(arrays) + 16)
     st = os.statvfs(path.parent)
     if st.f_bavail * st.f_frsize < need:
-        raise CheckpointError(f"cannot write checkpoint {path}: the disk is full "
-                              f"({st.f_bavail * st.f_frsize} bytes free, about {need} needed); "
-                              f"the checkpoints already in {path.parent} are intact")
+        raise _cannot_write(path, f"the disk is full ({st.f_bavail * st.f_frsize} bytes free, "
+                                  f"about {need} needed)")
 
 
-def _write_array(f: h5py.File, name: str, array: np.ndarray) -> None:
-    # index arrays (partitions, cursors: 4- and 8-byte integers) compress well; the bfloat16 bank
-    # (stored as int16) and packed client states (bytes) hold floats, which gzip barely shrinks
-    # at a cost of seconds and buffers per GB
-    big = (array.nbytes >= COMPRESS_MIN_BYTES and array.ndim >= 1
-           and array.dtype.kind in "iu" and array.dtype.itemsize >= 4)
+def _cannot_write(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"cannot write checkpoint {path}: {why}; the checkpoints already in "
+                           f"{path.parent} are intact")
+
+
+def _write_array(f: h5py.File, name: str, array: np.ndarray, compressible: bool) -> None:
+    # integer arrays (partition indices, the metrics text) compress well; floats barely do, at a
+    # cost of seconds and buffers per GB
+    big = (compressible and array.nbytes >= COMPRESS_MIN_BYTES and array.ndim >= 1
+           and array.dtype.kind in "iub")
     f.create_dataset(name, data=array, chunks=True if big else None,
                      compression="gzip" if big else None, compression_opts=1 if big else None)
 

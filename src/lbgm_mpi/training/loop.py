@@ -9,14 +9,15 @@ import torch
 
 from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
 from lbgm_mpi.analysis.report import human_bytes
-from lbgm_mpi.checkpoint.state import BackgroundWriter
+from lbgm_mpi.checkpoint.state import BackgroundWriter, restore, save
+from lbgm_mpi.checkpoint.store import CheckpointError, list_checkpoints
 from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
 from lbgm_mpi.errors import AgreedError, ConfigError, UserError
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
-from lbgm_mpi.training.client import evaluate, local_update, stream_seed
+from lbgm_mpi.training.client import eval_batch_size, evaluate, local_update, stream_seed
 from lbgm_mpi.training.exchange import make_exchange
 from lbgm_mpi.training.phases import PhaseTimer
 from lbgm_mpi.training.resources import (device_peak_bytes, host_peak_bytes, host_shared_bytes,
@@ -72,6 +73,7 @@ class Trainer:
         if self.exchange.bank is not None:  # the bank changes only once a checkpoint is written
             self.exchange.bank.guard = self.writer.wait_data
         self.round = 0
+        self.eval_batch = None  # samples per evaluation batch, sized at the first evaluation
         self.checkpoint_hold_s = 0.0  # loop time the checkpoint after the last round took
         self.waited_mark = 0.0  # writer.waited_s when the last metrics row was made
         self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
@@ -159,7 +161,9 @@ class Trainer:
         due = rnd % self.spec.run.eval_every == 0 or rnd == self.spec.run.rounds
         if self.test_set is None or not due:
             return None, None
-        return evaluate(self.model, self.theta, *self.test_set)
+        if self.eval_batch is None:
+            self.eval_batch = eval_batch_size(self.model, self.test_set[0])
+        return evaluate(self.model, self.theta, *self.test_set, batch=self.eval_batch)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -170,8 +174,6 @@ class Trainer:
 
         In the background, the root writes while training goes on (the bank waits for it before
         it changes); otherwise every rank returns once the file is in place."""
-        from lbgm_mpi.checkpoint.state import save
-        from lbgm_mpi.checkpoint.store import CheckpointError
         waited = self.writer.waited_s
         start = time.perf_counter()
         self.writer.join()  # one checkpoint at a time
@@ -193,7 +195,7 @@ class Trainer:
         peaks = self.comm.control_gather_ints([host_peak_bytes(), host_shared_bytes(),
                                                device_peak_bytes(self.device)])
         bank = self.exchange.bank
-        node_rank, node_size = self.comm.node_rank_and_size()
+        _, node_size = self.comm.node_rank_and_size()
         per_node = 0 if bank is None else bank.nbytes * (1 if bank.shared else node_size)
         return {"peak_host_bytes_by_rank": [p[0] for p in peaks],
                 "shared_host_bytes_by_rank": [p[1] for p in peaks],
@@ -203,7 +205,6 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint at ``path`` (every rank reads it; they must agree)."""
-        from lbgm_mpi.checkpoint.state import restore
         restore(self, path)
         self.comm.check_same(np.concatenate([[float(self.round)], self.theta.cpu().numpy()]),
                              f"the state resumed from {path}")
@@ -212,7 +213,6 @@ class Trainer:
 
     def check_fresh_folder(self) -> None:
         """Refuse to start a new run over the results of another one in the same folder."""
-        from lbgm_mpi.checkpoint.store import list_checkpoints
         metrics = self.out_dir / "metrics.jsonl"
         if list_checkpoints(self.checkpoint_dir) or (metrics.exists() and metrics.stat().st_size):
             raise UserError(f"{self.out_dir} already holds a run (metrics or checkpoints): pass "
