@@ -22,7 +22,7 @@ from lbgm_mpi.config import load_config
 from lbgm_mpi.errors import ConfigError
 from lbgm_mpi.models.layout import Layout
 from lbgm_mpi.topology import make_topology
-from lbgm_mpi.training.exchange import make_exchange
+from lbgm_mpi.exchange import make_exchange
 
 # a small layout: two matrices, their biases, and a buffer
 SHAPES = [(6, 10), (6,), (3, 6), (3,), (3,)]

@@ -18,7 +18,7 @@ from lbgm_mpi.config import load_config
 from lbgm_mpi.errors import ConfigError
 from lbgm_mpi.models.layout import Layout
 from lbgm_mpi.topology import make_topology
-from lbgm_mpi.training.exchange import make_exchange
+from lbgm_mpi.exchange import make_exchange
 from lbgm_mpi.training.loop import Trainer
 from lbgm_mpi.training.methods import METHODS
 

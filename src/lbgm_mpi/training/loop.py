@@ -18,7 +18,7 @@ from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
 from lbgm_mpi.topology import choose_device, make_topology
 from lbgm_mpi.training.client import eval_batch_size, evaluate, local_update, stream_seed
-from lbgm_mpi.training.exchange import make_exchange
+from lbgm_mpi.exchange import make_exchange
 from lbgm_mpi.training.phases import PhaseTimer
 from lbgm_mpi.training.resources import (device_peak_bytes, host_peak_bytes, host_shared_bytes,
                                          set_precision)

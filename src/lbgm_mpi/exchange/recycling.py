@@ -17,7 +17,8 @@ import torch
 
 from lbgm_mpi.algorithm.fedluar import candidate_layers, draw_recycled, recycle_weights
 from lbgm_mpi.errors import ConfigError
-from lbgm_mpi.training.exchange import FLOAT_BYTES, Exchange, FedAvgExchange
+from lbgm_mpi.exchange.base import FLOAT_BYTES, Exchange
+from lbgm_mpi.exchange.fedavg import FedAvgExchange
 
 
 class RecyclingExchange(Exchange):

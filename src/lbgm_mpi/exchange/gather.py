@@ -1,0 +1,139 @@
+"""Exchanges that gather, in two Allgatherv: one fixed-size record per participant (id, loss,
+payload size, per-segment refresh flags and look-back coefficients; the counts are known to every
+rank because all ranks draw the same participants and know where each client lives), then the
+payload bytes, exactly as many as the records announced, streamed in bounded steps: each received
+part goes straight to where it belongs (a bank row, or a compressed client's payload), so no rank
+ever holds the gathered payloads whole. Every rank then forms the same aggregate in client-id
+order, so it does not depend on the number of ranks."""
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from lbgm_mpi.algorithm.bank import LookbackBank
+from lbgm_mpi.compress import ClientCompressors
+from lbgm_mpi.exchange.base import FLOAT_BYTES, Exchange, RoundTraffic
+from lbgm_mpi.exchange.records import PayloadMap, record_dtype
+
+
+class GatherExchange(Exchange, ABC):
+    """Records, then payload bytes, by two Allgatherv; subclasses encode and combine."""
+
+    def __init__(self, comm, topology, kernels, bounds: torch.Tensor, device="cpu",
+                 bank: LookbackBank | None = None, compressors: ClientCompressors | None = None,
+                 timer=None, lookback: int = 1):
+        super().__init__(topology, bank, compressors, timer)
+        self.comm = comm
+        self.device = device
+        self.kernels = kernels
+        self.bounds = bounds
+        self.sizes = torch.diff(bounds).tolist()
+        self.lookback = lookback
+        self.dtype = record_dtype(len(self.sizes), lookback)
+
+    def __call__(self, participants, weights, updates, rnd):
+        """Return (delta, RoundTraffic); ``updates`` maps this rank's participants to (g, loss)."""
+        mine = sorted(updates)
+        records = np.zeros(len(mine), dtype=self.dtype)
+        records["client"] = mine
+        records["loss"] = [updates[k][1] for k in mine]
+        with self.timer("decide"):
+            payloads = [self._encode(k, updates[k][0], records[i], rnd)
+                        for i, k in enumerate(mine)]
+        records["payload"] = [sum(p.numel() for p in parts) for parts in payloads]
+        per_rank = [len(self.topo.clients_on(participants, r)) for r in range(self.comm.size)]
+        got = self.comm.allgatherv_bytes(records, [n * self.dtype.itemsize for n in per_rank])
+        got = got.view(self.dtype)
+        self._check_ids(got, participants)
+        counts = self._payload_bytes_per_rank(got, per_rank)
+        received = self._receive(got, weights, per_rank, [p for ps in payloads for p in ps],
+                                 counts)
+        delta = self._combine(got, weights, received)
+        return delta, self._traffic(got, weights, sum(counts))
+
+    @abstractmethod
+    def _encode(self, k, g, record, rnd) -> list[torch.Tensor]:
+        """Fill client k's refresh flags and coefficients; return its payload as 1-D uint8
+        pieces (views where possible: they are sent before ``updates`` is dropped)."""
+
+    @abstractmethod
+    def _receive(self, got, weights, per_rank, pieces, counts):
+        """Run the payload gather (``comm.allgatherv_stream``), put every part in place, and
+        return what ``_combine`` needs of it."""
+
+    @abstractmethod
+    def _combine(self, got, weights, received) -> torch.Tensor:
+        """The aggregate from every record and what ``_receive`` returned (same on every
+        rank)."""
+
+    def _collect(self, got, per_rank, pieces, counts) -> dict[int, torch.Tensor]:
+        """Gather the payloads, each whole, by client id (for compressed payloads: small)."""
+        buffers = {int(r["client"]): torch.empty(int(r["payload"]), dtype=torch.uint8)
+                   for r in got}
+        layout = PayloadMap([[(int(r["client"]), int(r["payload"])) for r in group]
+                             for group in self._by_rank(got, per_rank)])
+
+        def keep(rank, offset, data):
+            for client, at, part in layout.split(rank, offset, data):
+                buffers[client][at:at + len(part)].copy_(part)
+
+        self.comm.allgatherv_stream(pieces, counts, keep)
+        return buffers
+
+    @staticmethod
+    def _by_rank(got, per_rank):
+        """The records of each rank, in rank order."""
+        ends = np.cumsum(per_rank)
+        return [got[e - n:e] for n, e in zip(per_rank, ends)]
+
+    def _check_ids(self, got, participants) -> None:
+        expected = [k for r in range(self.comm.size) for k in self.topo.clients_on(participants, r)]
+        if got["client"].tolist() != expected:
+            raise RuntimeError(f"round records disagree with the drawn participants: got "
+                               f"{got['client'].tolist()}, expected {expected}")
+
+    def _payload_bytes_per_rank(self, got, per_rank) -> list[int]:
+        return [int(group["payload"].sum()) for group in self._by_rank(got, per_rank)]
+
+    def _client_order(self, got, weights):
+        """(record positions, client ids, float64 weights), all in ascending client id."""
+        order = np.argsort(got["client"], kind="stable")
+        rows = torch.from_numpy(got["client"][order].astype(np.int64))
+        w = torch.tensor([float(weights[int(k)]) for k in rows], dtype=torch.float64)
+        return order, rows, w
+
+    def _traffic(self, got, weights, payload_bytes: int) -> RoundTraffic:
+        refreshes = int(got["refresh"].sum())
+        scalars = got["refresh"].size - refreshes
+        d = int(self.bounds[-1])
+        # summed in client order, so that the figure does not depend on the number of ranks
+        loss = sum(float(weights[int(r["client"])]) * float(r["loss"])
+                   for r in sorted(got, key=lambda r: int(r["client"])))
+        return RoundTraffic(
+            refreshes=refreshes, scalars=scalars,
+            uplink_bytes=int(got["payload"].sum()) + FLOAT_BYTES * self.lookback * scalars,
+            dense_uplink_bytes=len(got) * d * FLOAT_BYTES,
+            downlink_bytes=got.nbytes + payload_bytes, train_loss=loss)
+
+
+class CompressedFedAvgExchange(GatherExchange):
+    """FedAvg over a compressor: every participant's payload goes to every rank, which
+    decompresses them one at a time into the weighted sum (one segment, no bank)."""
+
+    def _encode(self, k, g, record, rnd) -> list[torch.Tensor]:
+        record["refresh"] = 1
+        return [self.compressors.encode(k, g)[0]]
+
+    def _receive(self, got, weights, per_rank, pieces, counts) -> dict[int, torch.Tensor]:
+        return self._collect(got, per_rank, pieces, counts)
+
+    def _combine(self, got, weights, received) -> torch.Tensor:
+        _, clients, w = self._client_order(got, weights)
+        with self.timer("aggregate"):
+            delta = torch.zeros(int(self.bounds[-1]), dtype=torch.float32, device=self.device)
+            for k, wk in zip(clients.tolist(), w.tolist()):
+                rebuilt = self.compressors.decompress(received.pop(k).to(self.device))
+                delta.add_(rebuilt, alpha=wk)
+        return delta
+
