@@ -133,6 +133,8 @@ class Algo:
     threshold_decay: float = 1.0  # lbgm: the threshold is multiplied by this once per round (1 = constant)
     warmup_rounds: int = 0    # lbgm: rounds at the start in which every client refreshes (threshold 0)
     recycle_layers: int = 1   # fedluar: weight tensors whose last update the server reuses each round instead of receiving them (0 = FedAvg)
+    scope: str = "client"     # client (the paper: a look-back per client, refreshes all-gathered) | global (a look-back on the aggregate, Allreduce only: for clusters; with fedavg + powersgd: PowerSGD in its Allreduce form)
+    sketch: int = 1024        # global scope: count-sketch buckets per segment for the residual's norm (relative error of |r|^2 at most sqrt(2/sketch) in standard deviation; capped at d/16 values in all)
 
     def __post_init__(self):
         _one_of(self.name, "algo.name", ("fedavg", "lbgm", "fedluar"))
@@ -140,8 +142,18 @@ class Algo:
                 ("none", "topk", "randomk", "sign", "lowrank", "powersgd"))
         _check(0.0 < self.ratio <= 1.0, "algo.ratio", "must be in (0, 1]")
         _check(self.rank >= 1, "algo.rank", "must be >= 1")
-        _check(not (self.error_feedback and self.compressor == "none"), "algo.error_feedback",
-               "needs a compressor (set algo.compressor) or set it to false")
+        _one_of(self.scope, "algo.scope", ("client", "global"))
+        _check(self.sketch >= 1, "algo.sketch", "must be >= 1 (buckets per segment)")
+        _check(not (self.error_feedback and self.compressor == "none"
+                    and not (self.scope == "global" and self.name == "lbgm")),
+               "algo.error_feedback", "needs a compressor (set algo.compressor) or algo.scope = "
+               "\"global\" with algo.name = \"lbgm\", or set it to false")
+        _check(not (self.scope == "global" and self.compressor not in ("none", "powersgd")),
+               "algo.compressor", f"{self.compressor!r} cannot run with algo.scope = \"global\" "
+               "(its payloads do not sum across ranks): use \"none\" or \"powersgd\", or set "
+               "algo.scope = \"client\"")
+        _check(not (self.scope == "global" and self.name == "fedluar"), "algo.scope",
+               "\"global\" is for fedavg and lbgm; FedLUAR runs with algo.scope = \"client\"")
         _check(0.0 <= self.threshold <= 1.0, "algo.threshold",
                f"{self.threshold} is outside [0, 1] (it bounds sin^2 of an angle)")
         _one_of(self.granularity, "algo.granularity", ("model", "layer"))

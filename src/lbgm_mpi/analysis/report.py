@@ -66,6 +66,7 @@ def summarize(rows: list[dict], spec, num_params: int | None) -> dict:
         "total_uplink_bytes": total("uplink_bytes"),
         "total_dense_uplink_bytes": total("dense_uplink_bytes"),
         "total_downlink_bytes": total("downlink_bytes"), "total_mpi_bytes": total("mpi_bytes"),
+        "total_link_bytes": int(sum(r.get("link_bytes", 0) for r in rows)),
         "total_refreshes": total("refreshes"), "total_scalars": total("scalars"),
         "total_time_s": float(sum(r["round_s"] for r in rows)),
     }

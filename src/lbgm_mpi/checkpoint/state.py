@@ -2,8 +2,9 @@
 
 What is saved: the global model and the server's momentum, the look-back bank (rows and slot
 cursors; the Gram matrices the decisions use are recomputed from the rows), every client's
-persistent state (compressor and error-feedback memory, gathered
-from the ranks that host them), the round, the metrics so far, the partition and the resolved
+persistent state (compressor and error-feedback memory, gathered from the ranks that host them),
+the exchange's replicated state (the global scope's orthonormal bank, PowerSGD's warm-start Q's,
+FedLUAR's last update) and each rank's own (the global scope's error-feedback residual), the round, the metrics so far, the partition and the resolved
 config. Random streams need no saving: the participant draw is keyed by (seed, round) and each
 client's stream by (seed, client, round), so the round number restores them.
 """
@@ -56,11 +57,15 @@ def unpack_arrays(data: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _local_client_states(trainer) -> dict[str, np.ndarray]:
+def _local_states(trainer) -> dict[str, np.ndarray]:
+    """This rank's share of the state: its clients' and its own (``ranks/R/...``: the global
+    scope's error-feedback residual)."""
     states = {}
     for k in trainer.topo.local_clients:
         for name, t in trainer.exchange.client_state(k).items():
             states[f"clients/{k}/{name}"] = t.detach().cpu().numpy()
+    for name, t in trainer.exchange.rank_state().items():
+        states[f"ranks/{trainer.comm.rank}/{name}"] = t.detach().cpu().numpy().copy()
     return states
 
 
@@ -69,7 +74,7 @@ def capture(trainer) -> dict[str, np.ndarray] | None:
 
     Everything is a snapshot except ``bank/rows``, which is the live bank (a view): a writer must
     finish reading it before the bank is written again (``LookbackBank.guard``)."""
-    gathered = trainer.comm.control_gather_bytes(pack_arrays(_local_client_states(trainer)))
+    gathered = trainer.comm.control_gather_bytes(pack_arrays(_local_states(trainer)))
     if not trainer.comm.is_root:
         return None
     arrays = {"theta": trainer.theta.cpu().numpy().copy(),
@@ -243,6 +248,10 @@ def restore(trainer, path: Path) -> None:
     trainer.server.velocity.copy_(torch.from_numpy(arrays["server/velocity"]))
     _restore_bank(trainer, path, arrays)
     _restore_clients(trainer, arrays)
+    trainer.exchange.load_rank_states(
+        [{name.split("/", 2)[2]: torch.from_numpy(np.array(value))
+          for name, value in arrays.items() if name.startswith(f"ranks/{r}/")}
+         for r in range(int(attrs["ranks"]))])
     trainer.exchange.load_server_state(
         {name.split("/", 1)[1]: torch.from_numpy(np.array(value))
          for name, value in arrays.items() if name.startswith("exchange/")})

@@ -1,7 +1,10 @@
 """The one module that talks to MPI.
 
 ``Comm`` wraps a communicator with the handful of collectives the trainer needs. Each data
-collective adds the size of the buffer this rank hands to MPI to ``bytes_sent``; control traffic
+collective adds the size of the buffer this rank hands to MPI to ``bytes_sent``, and what this
+rank's network link carries under the collective's usual algorithm to ``link_bytes``: a ring
+Allreduce of n bytes moves 2 (P - 1) / P x n through every rank's link, an Allgatherv brings every
+rank all the bytes but its own (at least total - own, whatever the algorithm); control traffic
 (byte-counter totals, model-hash checks, stop agreement, checkpoint gathers) is counted apart in
 ``control_bytes`` so that the reported figures compare the algorithms' own exchanges. Works at
 size 1.
@@ -47,6 +50,7 @@ class Comm:
         self.size = self._comm.Get_size()
         self.root = 0
         self.bytes_sent = 0      # data bytes this rank handed to MPI
+        self.link_bytes = 0      # data bytes this rank's link carries (see the module docstring)
         self.control_bytes = 0   # bookkeeping bytes this rank handed to MPI
         self.seconds = 0.0       # wall time this rank spent inside data collectives
         self.cuda_aware = False  # hand CUDA buffers to MPI directly (else stage through host)
@@ -93,6 +97,7 @@ class Comm:
         return out
 
     def _allreduce(self, buf, out, itemsize: int) -> None:
+        self.link_bytes += 2 * (self.size - 1) * len(buf) * itemsize // self.size
         for lo, hi in element_chunks(len(buf), itemsize, self._limit):
             self._timed((hi - lo) * itemsize,
                         lambda: self._comm.Allreduce(buf[lo:hi], out[lo:hi], op=MPI.SUM))
@@ -124,6 +129,7 @@ class Comm:
         if nbytes != counts[self.rank]:
             raise RuntimeError(f"rank {self.rank}: sends {nbytes} bytes but every rank "
                                f"expects {counts[self.rank]}")
+        self.link_bytes += sum(counts) - nbytes
         device = pieces[0].device if pieces else torch.device("cpu")
         on_device = device.type == "cuda" and self.cuda_aware
         for ranges in gather_steps(counts, self._limit):

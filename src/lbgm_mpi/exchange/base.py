@@ -66,6 +66,16 @@ class Exchange:
             raise ValueError(f"this exchange keeps no state, but the checkpoint holds "
                              f"{sorted(state)}: a checkpoint of another algorithm?")
 
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        """State of this rank's own that a checkpoint must keep (none here)."""
+        return {}
+
+    def load_rank_states(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """Load what ``rank_state`` returned on each rank of the checkpointed run (none here)."""
+        if any(states):
+            raise ValueError("this exchange keeps no per-rank state, but the checkpoint holds "
+                             "some: a checkpoint of another configuration?")
+
     def _check_local(self, k: int) -> None:
         if k not in self.topo.local_clients:
             raise ValueError(f"client {k} is not hosted on rank {self.topo.rank}")

@@ -4,9 +4,11 @@ import torch
 
 from lbgm_mpi.algorithm.lbgm import scheduled_threshold
 from lbgm_mpi.compress import ClientCompressors, make_compressor
+from lbgm_mpi.compress.allreduce_powersgd import AllreducePowerSGD
 from lbgm_mpi.exchange.base import Exchange
 from lbgm_mpi.exchange.fedavg import FedAvgExchange
 from lbgm_mpi.exchange.gather import CompressedFedAvgExchange
+from lbgm_mpi.exchange.global_scope import GlobalExchange
 from lbgm_mpi.exchange.lbgm import LbgmExchange, make_bank
 from lbgm_mpi.exchange.recycling import RecyclingExchange
 from lbgm_mpi.kernels import select_kernels
@@ -37,6 +39,8 @@ def make_exchange(spec, comm, topology, layout, device="cpu", timer=None,
     which FedLUAR reads to choose the layers it recycles."""
     if spec.algo.name == "fedavg" and spec.algo.compressor == "none":
         return FedAvgExchange(comm, topology, layout.size, device, timer)
+    if spec.algo.scope == "global":
+        return global_exchange(spec, comm, topology, layout, device, timer)
     if spec.algo.name == "fedluar":
         return RecyclingExchange(comm, topology, layout, theta, spec.algo.recycle_layers,
                                  spec.run.seed, device, timer)
@@ -46,14 +50,36 @@ def make_exchange(spec, comm, topology, layout, device="cpu", timer=None,
     if spec.algo.name == "fedavg":
         return CompressedFedAvgExchange(comm, topology, kernels, bounds[[0, -1]], device,
                                         compressors=compressors, timer=timer)
-    scalar_ok = None
-    if spec.algo.granularity == "model":
-        bounds = bounds[[0, -1]]
-    else:  # BatchNorm statistics are small: always sent in full, they average exactly
-        scalar_ok = ~torch.tensor(layout.is_buffer(), dtype=torch.bool)
+    bounds, scalar_ok = segments(spec, layout)
     bank, shared_delta = make_bank(spec, comm, topology, bounds, kernels, device)
+    return LbgmExchange(comm, topology, kernels, bank, schedule(spec), compressors, scalar_ok,
+                        timer, device, shared_delta)
+
+
+def segments(spec, layout) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(segment bounds, which segments may go as a scalar or None for all) of algo.granularity."""
+    bounds = layout.bounds_tensor()
+    if spec.algo.granularity == "model":
+        return bounds[[0, -1]], None
+    # BatchNorm statistics are small: always sent in full, they average exactly
+    return bounds, ~torch.tensor(layout.is_buffer(), dtype=torch.bool)
+
+
+def schedule(spec):
+    """round -> LBGM's threshold in that round (warm-up and decay applied)."""
     algo = spec.algo
-    schedule = lambda rnd: scheduled_threshold(algo.threshold, algo.threshold_decay,
-                                               algo.warmup_rounds, rnd)
-    return LbgmExchange(comm, topology, kernels, bank, schedule, compressors, scalar_ok, timer,
-                        device, shared_delta)
+    return lambda rnd: scheduled_threshold(algo.threshold, algo.threshold_decay,
+                                           algo.warmup_rounds, rnd)
+
+
+def global_exchange(spec, comm, topology, layout, device="cpu", timer=None) -> GlobalExchange:
+    """LBGM on the aggregate (algo.name = "lbgm"), optionally refreshing by PowerSGD's
+    Allreduce form; or that PowerSGD alone (algo.name = "fedavg")."""
+    algo = spec.algo
+    bounds, scalar_ok = segments(spec, layout)
+    powersgd = AllreducePowerSGD(layout, algo.rank, spec.run.seed, device) \
+        if algo.compressor == "powersgd" else None
+    return GlobalExchange(comm, topology, select_kernels(spec.system.kernels), bounds.tolist(),
+                          algo.lookback, algo.sketch, spec.run.seed,
+                          schedule(spec) if algo.name == "lbgm" else None, scalar_ok,
+                          algo.error_feedback, powersgd, device, timer)

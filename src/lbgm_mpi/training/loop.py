@@ -114,7 +114,7 @@ class Trainer:
         weights = dict(zip(participants, participant_weights(self.num_samples, participants)))
         with self.timer("train"):
             updates = {k: self._train_client(k, rnd) for k in participants if k in self.shards}
-        sent0, comm0 = self.comm.bytes_sent, self.comm.seconds
+        sent0, link0, comm0 = self.comm.bytes_sent, self.comm.link_bytes, self.comm.seconds
         delta, traffic = self.exchange(participants, weights, updates, rnd)
         with self.timer("aggregate"):
             self.server.step(self.theta, delta)
@@ -122,9 +122,11 @@ class Trainer:
                 self.theta[var].clamp_(min=0.0)
         comm_s = self.comm.seconds - comm0
         totals = self.comm.control_gather_ints([self.comm.bytes_sent - sent0,
-                                                 int(self.stop.requested)])
+                                                 int(self.stop.requested),
+                                                 self.comm.link_bytes - link0])
         mpi_bytes = sum(t[0] for t in totals)
         self.stop_agreed = any(t[1] for t in totals)
+        link_bytes = max(t[2] for t in totals)  # the busiest link paces the round
         if spec.run.check_every and rnd % spec.run.check_every == 0:
             self.comm.check_same(self.theta.cpu().numpy(), f"the global model after round {rnd}")
         with self.timer("eval"):
@@ -134,6 +136,7 @@ class Trainer:
                "scalars": traffic.scalars, "uplink_bytes": traffic.uplink_bytes,
                "dense_uplink_bytes": traffic.dense_uplink_bytes,
                "downlink_bytes": traffic.downlink_bytes, "mpi_bytes": mpi_bytes,
+               "link_bytes": link_bytes,
                "round_s": time.perf_counter() - start + self.checkpoint_hold_s,
                "comm_s": comm_s, **self.timer.take(), "checkpoint_s": self._checkpoint_s()}
         self.log.append(row)

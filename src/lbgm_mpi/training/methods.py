@@ -8,8 +8,10 @@ Plain compressors run FedAvg on the compressed updates; "+lbgm" stacks LBGM on t
 """
 
 
-def _method(name: str, compressor: str = "none", error_feedback: bool = False) -> dict:
-    algo = {"name": name, "compressor": compressor, "error_feedback": error_feedback}
+def _method(name: str, compressor: str = "none", error_feedback: bool = False,
+            scope: str = "client") -> dict:
+    algo = {"name": name, "compressor": compressor, "error_feedback": error_feedback,
+            "scope": scope}
     if name == "lbgm" and compressor != "none":
         algo["granularity"] = "model"
     return {"algo": algo}
@@ -25,7 +27,8 @@ METHODS = {
     # benchmarks/bench_links.py: LBGM at a named granularity; PowerSGD with error feedback,
     # alone and under LBGM
     **{f"lbgm-{granularity}": {"algo": {"name": "lbgm", "compressor": "none",
-                                        "error_feedback": False, "granularity": granularity}}
+                                        "error_feedback": False, "granularity": granularity,
+                                        "scope": "client"}}
        for granularity in ("model", "layer")},
     "ef-powersgd": _method("fedavg", "powersgd", error_feedback=True),
     "ef-powersgd+lbgm": _method("lbgm", "powersgd", error_feedback=True),
@@ -51,3 +54,16 @@ def method_overrides(method: str) -> dict:
     sections = {name: dict(values) for name, values in METHODS[method].items()}
     sections.setdefault("run", {})["label"] = method
     return sections
+
+# LBGM on the aggregate, for Allreduce clusters (docs/global-scope.md): the base config's m
+# and threshold, or m named; PowerSGD in its Allreduce form (error feedback per rank, as its
+# authors run it), alone and refreshing global LBGM's dense rounds.
+_GLOBAL = {"name": "lbgm", "compressor": "none", "error_feedback": False, "scope": "global",
+           "granularity": "model"}
+METHODS.update({
+    "lbgm-global": {"algo": dict(_GLOBAL)},
+    **{f"lbgm-global-m{m}": {"algo": {**_GLOBAL, "lookback": m}} for m in (1, 3, 10)},
+    "allreduce-powersgd": _method("fedavg", "powersgd", error_feedback=True, scope="global"),
+    "allreduce-powersgd+lbgm-global": {"algo": {**_GLOBAL, "compressor": "powersgd",
+                                                "error_feedback": True}},
+})
