@@ -51,7 +51,7 @@ class GlobalExchange(Exchange):
         self.schedule, self.powersgd = schedule, powersgd
         self.scalar_ok = torch.ones(len(self.sizes), dtype=torch.bool) if scalar_ok is None \
             else scalar_ok
-        self.lookback = GlobalBank(self.bounds, lookback, device) if schedule else None
+        self.global_bank = GlobalBank(self.bounds, lookback, device) if schedule else None
         self.sketch = CountSketch(self.sizes, sketch_widths(self.sizes, sketch), seed)
         self.residual = torch.zeros(self.d, dtype=torch.float32, device=device) \
             if error_feedback else None
@@ -66,7 +66,7 @@ class GlobalExchange(Exchange):
         scalar = [s for s, r in enumerate(refresh.tolist()) if not r]
         if scalar:
             with self.timer("aggregate"):
-                self.lookback.combine(coefs, delta, scalar)
+                self.global_bank.combine(coefs, delta, scalar)
         dense = [s for s, r in enumerate(refresh.tolist()) if r]
         sent, dense_loss = self._refresh(partial, dense, delta) if dense else (0, None)
         loss = dense_loss if loss is None else loss
@@ -96,17 +96,17 @@ class GlobalExchange(Exchange):
         """(refresh flags, the aggregate's coefficients, summed loss or None, record bytes).
         Sends the record unless no segment could go as a scalar this round."""
         threshold = self.schedule(rnd) if self.schedule else 0.0
-        usable = self.lookback.usable() & self.scalar_ok if threshold > 0 else None
+        usable = self.global_bank.usable() & self.scalar_ok if threshold > 0 else None
         if usable is None or not usable.any():
             return torch.ones(len(self.sizes), dtype=torch.bool), None, None, 0
-        L, m = len(self.sizes), self.lookback.m
+        L, m = len(self.sizes), self.global_bank.m
         with self.timer("decide"):
-            coefs = self.lookback.coefficients(self.kernels.project, partial[:self.d])
+            coefs = self.global_bank.coefficients(self.kernels.project, partial[:self.d])
             record = torch.zeros(1 + L * m + self.sketch.size, dtype=torch.float64,
                                  device=self.device)
             record[0] = float(partial[self.d])
             record[1:1 + L * m] = coefs.reshape(-1).to(self.device)
-            self.lookback.residual(partial[:self.d], coefs, self.sketch, record[1 + L * m:],
+            self.global_bank.residual(partial[:self.d], coefs, self.sketch, record[1 + L * m:],
                                    keep=self.residual)
         total = self._allreduce(record).cpu()
         with self.timer("decide"):
@@ -135,8 +135,8 @@ class GlobalExchange(Exchange):
             for s in dense:
                 if self.residual is not None and self.powersgd is None:
                     self.residual[self.bounds[s]:self.bounds[s + 1]].zero_()
-                if self.lookback is not None:
-                    self.lookback.add(s, delta[self.bounds[s]:self.bounds[s + 1]])
+                if self.global_bank is not None:
+                    self.global_bank.add(s, delta[self.bounds[s]:self.bounds[s + 1]])
         return sent, loss
 
     def _dense(self, partial: torch.Tensor, dense: list[int], delta: torch.Tensor) -> float:
@@ -160,8 +160,8 @@ class GlobalExchange(Exchange):
     def server_state(self) -> dict[str, torch.Tensor]:
         """The replicated state: the bank (rows, directions and kept coordinates per segment)
         and PowerSGD's warm-start Q's."""
-        state = {f"bank_{k}": v for k, v in self.lookback.state().items()} \
-            if self.lookback else {}
+        state = {f"bank_{k}": v for k, v in self.global_bank.state().items()} \
+            if self.global_bank is not None else {}
         if self.powersgd is not None:
             state.update(self.powersgd.state())
         return state
@@ -171,8 +171,8 @@ class GlobalExchange(Exchange):
         if set(state) != set(self.server_state()):
             raise ValueError(f"the checkpoint holds {sorted(state)}, the global scope of this run "
                              f"keeps {sorted(self.server_state())}: another configuration?")
-        if self.lookback is not None:
-            self.lookback.load_state({k[5:]: v for k, v in state.items()
+        if self.global_bank is not None:
+            self.global_bank.load_state({k[5:]: v for k, v in state.items()
                                       if k.startswith("bank_")})
         if self.powersgd is not None:
             self.powersgd.load_state(state)

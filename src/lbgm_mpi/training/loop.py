@@ -270,8 +270,12 @@ class Trainer:
         hosted = Counter(self.topo.host).values()
         low, high = min(hosted), max(hosted)
         clients = f"{low}" if low == high else f"{low}-{high}"
-        bank = self.exchange.bank
-        if bank is None:
+        bank, lookback = self.exchange.bank, getattr(self.exchange, "global_bank", None)
+        if lookback is not None:
+            rows = lookback.rows
+            bank_text = (f"global look-back bank {rows.shape[0]} x {rows.shape[1]:,} "
+                         f"({human_bytes(rows.numel() * rows.element_size())} per rank)")
+        elif bank is None:
             bank_text = "no look-back bank"
         else:
             where = "per node" if bank.shared else "per rank"
