@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lbgm_mpi import gpu
+from lbgm_mpi.comm import device
 from lbgm_mpi.kernels import TorchKernels
 from lbgm_mpi.kernels import cupy_ops
 from lbgm_mpi.kernels.cupy_ops import cupy_available
@@ -243,23 +244,23 @@ def test_pick_device_refuses_sharing_unless_allowed():
 
 
 def test_cuda_aware_mpi_settings_and_detection_never_raises(monkeypatch):
-    assert gpu.cuda_aware_mpi("yes") is True
-    assert gpu.cuda_aware_mpi("no") is False
+    assert device.cuda_aware_mpi("yes") is True
+    assert device.cuda_aware_mpi("no") is False
     with pytest.raises(ValueError, match="system.cuda_aware_mpi"):
-        gpu.cuda_aware_mpi("maybe")
+        device.cuda_aware_mpi("maybe")
     # a library that says nothing, then one whose probe fails: both read as "not CUDA-aware"
     fake = types.ModuleType("mpi4py")
     fake.MPI = types.SimpleNamespace(Get_library_version=lambda: "Open MPI v5.0.5")
     monkeypatch.setitem(sys.modules, "mpi4py", fake)
-    monkeypatch.setattr(gpu, "_loaded_libmpi", lambda: None)
-    monkeypatch.setattr(gpu.shutil, "which", lambda name: None)
-    assert gpu.cuda_aware_mpi("auto") is False
+    monkeypatch.setattr(device, "_loaded_libmpi", lambda: None)
+    monkeypatch.setattr(device.shutil, "which", lambda name: None)
+    assert device.cuda_aware_mpi("auto") is False
     fake.MPI = types.SimpleNamespace(Get_library_version=lambda: 1 / 0)
-    assert gpu.cuda_aware_mpi("auto") is False
+    assert device.cuda_aware_mpi("auto") is False
 
 
 def test_host_staging_reuses_and_grows_buffers():
-    staging = gpu.HostStaging()
+    staging = device.HostStaging()
     x = torch.arange(10, dtype=torch.float32)
     first = staging.to_host("up", x)
     second = staging.to_host("up", x * 2)
@@ -273,7 +274,7 @@ def test_host_staging_reuses_and_grows_buffers():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_host_staging_round_trip(dtype):
-    staging = gpu.HostStaging()
+    staging = device.HostStaging()
     src = torch.randn(33).to(dtype)
     host = staging.to_host("x", src).copy()
     out = torch.empty(33, dtype=dtype)
@@ -281,7 +282,7 @@ def test_host_staging_round_trip(dtype):
     assert torch.equal(out, src)
     into = staging.buffer("x", 33, dtype)  # MPI receiving straight into the buffer
     into.copy_(src.flip(0))
-    staging.to_device("x", gpu._as_numpy(into), out)
+    staging.to_device("x", device._as_numpy(into), out)
     assert torch.equal(out, src.flip(0))
 
 
@@ -414,11 +415,11 @@ def test_cupy_indices_past_two_to_the_31(cupy_kernels):
 
 @gpu_test
 def test_host_staging_with_device_tensors():
-    staging = gpu.HostStaging()
+    staging = device.HostStaging()
     src = torch.randn(1000, device="cuda")
     host = staging.to_host("x", src * 3)
     np.testing.assert_array_equal(host, (src * 3).cpu().numpy())
     out = torch.empty_like(src)
     staging.to_device("x", host.copy(), out)
-    gpu.sync_for_mpi(out)
+    device.sync_for_mpi(out)
     assert torch.equal(out, src * 3)

@@ -56,7 +56,8 @@ def choose_device(comm, system) -> torch.device:
     The node-local rank comes from the launcher's variables (mpirun, srun), else from MPI's
     shared-memory split; each rank takes GPU local_rank mod (GPUs on the node). Sets
     comm.cuda_aware from system.cuda_aware_mpi when the device is a GPU."""
-    from lbgm_mpi.gpu import cuda_aware_mpi, local_rank_from_env, pick_device
+    from lbgm_mpi.comm.device import cuda_aware_mpi
+    from lbgm_mpi.gpu import local_rank_from_env, pick_device
     node_rank, node_size = comm.node_rank_and_size()
     local_rank = local_rank_from_env(os.environ)
     n_gpus = torch.cuda.device_count() if system.device != "cpu" else 0

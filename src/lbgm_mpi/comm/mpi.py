@@ -162,7 +162,7 @@ class Comm:
         """Reused host buffers (pinned where CUDA is present) for steps and for CUDA tensors when
         MPI is not CUDA-aware."""
         if self._staging is None:
-            from lbgm_mpi.gpu import HostStaging
+            from lbgm_mpi.comm.device import HostStaging
             self._staging = HostStaging()
         return self._staging
 
@@ -279,7 +279,7 @@ def _buf(t: torch.Tensor):
 
 def _sync(t: torch.Tensor) -> None:
     """Wait for the queued work that writes ``t`` before MPI reads it (CUDA only)."""
-    from lbgm_mpi.kernels.cupy_ops import sync_for_mpi
+    from lbgm_mpi.comm.device import sync_for_mpi
     sync_for_mpi(t)
 
 

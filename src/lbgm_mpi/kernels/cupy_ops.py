@@ -32,15 +32,6 @@ def cupy_available() -> bool:
         return False
 
 
-def sync_for_mpi(tensor: torch.Tensor) -> None:
-    """Wait for the work queued on ``tensor``'s current CUDA stream; no-op for CPU tensors.
-
-    Call before handing a device buffer to MPI: MPI knows nothing of CUDA streams.
-    """
-    if tensor.is_cuda:
-        torch.cuda.current_stream(tensor.device).synchronize()
-
-
 def _cupy():
     try:
         import cupy

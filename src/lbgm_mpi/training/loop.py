@@ -266,7 +266,7 @@ class Trainer:
     def _startup_line(self) -> str:
         """What runs where, in one line: ranks, clients per rank, parameters, bank memory,
         device, MPI library and whether it takes device buffers (CUDA-aware)."""
-        from lbgm_mpi.gpu import cuda_aware_mpi
+        from lbgm_mpi.comm.device import cuda_aware_mpi
         hosted = Counter(self.topo.host).values()
         low, high = min(hosted), max(hosted)
         clients = f"{low}" if low == high else f"{low}-{high}"
