@@ -1,0 +1,143 @@
+"""lbgm_mpi.ddp: LBGM as a DDP communication hook, on CPU (gloo) at 2 and 4 processes.
+
+Each multi-process case launches tests/ddp/worker.py under mpirun in its own process group, with
+a timeout that kills the group (conftest.run_mpi); the worker starts its process group with
+init_process_group_from_env from mpirun's variables, at a free port."""
+
+import json
+import socket
+
+import pytest
+import torch
+
+from conftest import REPO, run_mpi
+from lbgm_mpi.ddp import (DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT, LBGMHookError, LBGMHookState,
+                          _launcher_env)
+
+WORKER = str(REPO / "tests" / "ddp" / "worker.py")
+TIMEOUT_S = 150
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(np_: int, mode: str, out, monkeypatch, *args: str):
+    """Run the worker's ``mode`` on ``np_`` ranks; return rank 0's JSON (or None)."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    run_mpi(np_, [WORKER, mode, "--out", str(out), *args], timeout=TIMEOUT_S)
+    return json.loads(out.read_text()) if out.suffix == ".json" else None
+
+
+# ---- without processes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env, expected", [
+    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, ("torchrun", 3, 8, 1)),
+    ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4",
+      "OMPI_COMM_WORLD_LOCAL_RANK": "0"}, ("mpirun", 2, 4, 0)),
+    ({"PMI_RANK": "1", "PMI_SIZE": "2"}, ("mpich", 1, 2, 0)),
+    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "SLURM_LOCALID": "1"}, ("srun", 5, 6, 1)),
+    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "RANK": "0", "WORLD_SIZE": "1"},
+     ("torchrun", 0, 1, 0)),
+    ({}, ("single", 0, 1, 0)),
+])
+def test_launcher_environment(env, expected):
+    assert _launcher_env(env) == expected
+    assert (DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT) == ("127.0.0.1", 29500)
+
+
+@pytest.mark.parametrize("kw", [dict(threshold=-0.1), dict(threshold=1.5), dict(lookback=0),
+                                dict(start_iter=0), dict(sketch=0)])
+def test_bad_options(kw):
+    with pytest.raises(ValueError):
+        LBGMHookState(**kw)
+
+
+def test_state_round_trip_before_training():
+    state = LBGMHookState(threshold=0.3)
+    saved = state.state_dict()
+    other = LBGMHookState(threshold=0.3)
+    other.load_state_dict(saved)
+    assert other.state_dict() == saved
+    with pytest.raises(LBGMHookError, match="version"):
+        other.load_state_dict({**saved, "version": 99})
+
+
+# ---- 2 and 4 processes ------------------------------------------------------------------------
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("np_", [2, 4])
+@pytest.mark.parametrize("threshold", ["0", "1e-12"])
+def test_threshold_zero_is_allreduce(np_, threshold, tmp_path, monkeypatch):
+    """Threshold 0 (no record), and a tiny threshold (the record is sent, every bucket still
+    refreshes): the gradients equal DDP's default Allreduce at every step, across 2 buckets."""
+    res = worker(np_, "equal", tmp_path / "r.json", monkeypatch, "--threshold", threshold,
+                 "--steps", "8", "--start-iter", "2")
+    assert res["launcher"] == "mpirun" and res["world_size"] == np_
+    assert len(res["max_diff_per_step"]) == 8
+    assert max(res["max_diff_per_step"]) <= 1e-6, res["max_diff_per_step"]
+    c = res["counters"]
+    assert res["buckets"] == 2 and c["scalar_buckets"] == 0
+    assert c["dense_buckets"] == 2 * 6 and c["allreduce_buckets"] == 3  # iteration 0: one bucket
+    assert (c["record_bytes"] > 0) == (threshold != "0")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("np_", [2, 4])
+def test_decisions_agree_and_bytes_counted(np_, tmp_path, monkeypatch):
+    """Threshold 0.7: scalar buckets happen; every rank takes the same decisions and ends with
+    the same parameters; the bytes each rank counts equal those it handed to dist.all_reduce."""
+    res = worker(np_, "decide", tmp_path / "r.json", monkeypatch, "--threshold", "0.7",
+                 "--steps", "16", "--start-iter", "2")
+    ranks = res["ranks"]
+    assert len(ranks) == np_
+    first = ranks[0]
+    assert all(r["history"] == first["history"] for r in ranks)
+    assert all(r["params"] == first["params"] for r in ranks)
+    c = first["counters"]
+    assert c["scalar_buckets"] > 0 and c["dense_buckets"] > 0
+    assert c["scalar_buckets"] == sum(1 for h in first["history"] if h[2] == "scalar")
+    for r in ranks:
+        assert r["counters"]["bytes"] == r["handed"]
+        assert r["counters"]["bytes"] == (r["counters"]["record_bytes"]
+                                          + r["counters"]["dense_bytes"]
+                                          + r["counters"]["allreduce_bytes"])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("np_, bucket_mb", [(2, "0.01"), (2, "25"), (4, "0.01")])
+def test_resume_is_exact(np_, bucket_mb, tmp_path, monkeypatch):
+    """Train 12 steps; or train 6, save (model, optimizer, hook state per rank), start a new
+    process group and model, load, train 6: the same parameters bit for bit. Two buckets, and
+    one (DDP's first iteration of the new model holds the whole model in one bucket, in another
+    order than the rebuilt buckets: the hook maps it onto the saved ones)."""
+    common = ["train", "--threshold", "0.7", "--bucket-mb", bucket_mb, "--start-iter", "2"]
+    full, resumed = tmp_path / "full.pt", tmp_path / "resumed.pt"
+    worker(np_, common[0], full, monkeypatch, *common[1:], "--steps", "12")
+    worker(np_, common[0], tmp_path / "half.pt", monkeypatch, *common[1:], "--steps", "6",
+           "--save", str(tmp_path / "ckpt"))
+    worker(np_, common[0], resumed, monkeypatch, *common[1:], "--steps", "6",
+           "--load", str(tmp_path / "ckpt"))
+    a, b = torch.load(full), torch.load(resumed)
+    assert a["counters"]["scalar_buckets"] > 0
+    assert a["counters"] == b["counters"]
+    assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"]))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("np_", [2, 4])
+def test_bucket_changing_size_is_one_clear_error(np_, tmp_path, monkeypatch):
+    res = worker(np_, "resize", tmp_path / "r.json", monkeypatch, "--threshold", "0.5")
+    assert res["type"] == "LBGMHookError"
+    assert "DDP bucket 0 changed size: it held 4485 values" in res["error"]
+    assert "holds 6303 now" in res["error"]
+
+
+@pytest.mark.mpi
+def test_state_of_another_world_size_or_rank_is_refused(tmp_path, monkeypatch):
+    res = worker(2, "group", tmp_path / "r.json", monkeypatch, "--threshold", "0.5")
+    assert "saved by a process group of 3 processes; this one has 2" in res["size_error"]
+    assert "this is rank 0, the LBGM hook state was saved by rank 1" in res["rank_error"]
