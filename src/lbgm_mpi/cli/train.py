@@ -17,20 +17,29 @@ from lbgm_mpi.cli.agree import on_every_rank, root_decides
 from lbgm_mpi.errors import AgreedError, UserError
 from lbgm_mpi.training.methods import METHODS, method_overrides
 
+LAUNCHER_VARIABLE = "LBGM_MPI_LAUNCHER"  # the launcher's own words, e.g. "bash jobs/mpirun-local.sh 4"
+
 
 def register(sub) -> None:
-    train = sub.add_parser("train", help="train one run (FedAvg or LBGM) over MPI")
-    compare = sub.add_parser("compare", help="run several methods on the same data and seed")
+    train = sub.add_parser("train", help="train one run over MPI (algo.name: fedavg, lbgm or "
+                           "fedluar; any algo.compressor)",
+                           description="Train one federated run on the ranks of this MPI job: "
+                           "FedAvg, LBGM or FedLUAR (algo.name), with any algo.compressor.")
+    compare = sub.add_parser("compare", help="run several methods (--methods) on the same data "
+                             "and seed, or once per seed (--seeds), and print their table",
+                             description="Run several methods on the same data and seed, one "
+                             "after the other, into OUT/METHOD (OUT/seed-S/METHOD with --seeds), "
+                             "then print the comparison table and write the plots.")
     for q in (train, compare):
         q.add_argument("config", help="TOML config file (see configs/)")
         q.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
         q.add_argument("--out", default=None, help="run folder (default runs/<config>-<time>)")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
-        q.set_defaults(needs_config=True, check=_check)
+        q.set_defaults(needs_config=True, check=_check, uses_mpi=True)
     train.add_argument("--resume", default=None, metavar="PATH|latest",
-                       help="continue from a checkpoint; 'latest' = newest good one in "
-                            "OUT/checkpoints (a fresh start if there is none)")
+                       help="continue from a checkpoint (needs --out); 'latest' = newest good "
+                            "one in OUT/checkpoints (a fresh start if there is none)")
     compare.add_argument("--resume", default=None, choices=["latest"],
                          help="continue a stopped compare in OUT: finished methods are kept, the "
                               "interrupted one continues from its newest checkpoint")
