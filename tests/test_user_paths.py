@@ -80,6 +80,75 @@ def _edit_config(folder: Path, **sections) -> None:
     (folder / "config.toml").write_text(to_toml(spec.replace(**sections)))
 
 
+# ---- 3. a start that fails its checks leaves no folder --------------------------------------
+
+def _failing_starts(tmp_path: Path) -> dict:
+    """name -> (extra train arguments, what the one error line names)."""
+    (tmp_path / "no-mnist").mkdir()
+    nan_store = _store(tmp_path / "nan.h5", x_train=_nan_rows())
+    hdf5 = ["--set", "data.name=hdf5", "--set", "model.name=mlp", "--set", "clients.count=2",
+            "--set", "data.partition=iid"]
+    cases = {
+        "missing data files": (["--set", "data.name=mnist", "--set",
+                                f"data.root={tmp_path / 'no-mnist'}", "--set", "model.name=fcn"],
+                               "missing file"),
+        "fewer clients than ranks": (["--set", "clients.count=1"], "cannot occupy 2 MPI ranks"),
+        "a bad HDF5 root": ([*hdf5, "--set", f"data.root={tmp_path / 'none.h5'}"], "none.h5"),
+        # passes the checks (its layout is sound) and fails as the Trainer reads the rows
+        "NaN in an HDF5 store": ([*hdf5, "--set", f"data.root={nan_store}"], "holds NaN"),
+        "--resume of a missing path": (["--resume", str(tmp_path / "nope.h5")], "nope.h5"),
+    }
+    if not torch.cuda.is_available():
+        cases["cuda without a GPU"] = (["--set", "system.device=cuda"], "no CUDA device")
+    return cases
+
+
+@pytest.mark.mpi
+def test_failed_starts_leave_no_folder_and_no_lock(tmp_path):
+    for name, (args, needle) in _failing_starts(tmp_path).items():
+        out = tmp_path / name.replace(" ", "-") / "new" / "run"
+        result = lbgm(2, "train", "configs/default.toml", *FAST, *args, "--out", str(out),
+                      timeout=90, check=False)
+        _one_error(result, needle)
+        assert not out.parent.parent.exists(), f"{name}: {list(out.parent.parent.rglob('*'))}"
+
+
+@pytest.mark.mpi
+def test_a_failed_start_in_a_folder_of_yours_leaves_it_as_it_was(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    _one_error(lbgm(2, "compare", "configs/default.toml", *FAST, "--set", "clients.count=1",
+                    "--out", str(mine), timeout=90, check=False), "clients.count")
+    assert mine.is_dir() and not any(mine.iterdir())
+
+
+def test_a_lock_released_with_nothing_written_takes_its_folders_away(tmp_path):
+    RunLock(tmp_path / "a" / "b").acquire().release()
+    assert not (tmp_path / "a").exists()
+    with RunLock(tmp_path / "c") as lock:
+        lock.acquire()
+        (tmp_path / "c" / "metrics.jsonl").write_text("")
+    assert (tmp_path / "c" / ".lock").read_text() == ""  # a run's folder keeps its lock file
+
+
+def test_a_lock_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """Another start removed its lock file between this one's open and flock: this one must not
+    hold a lock on a file without a name (a third run could lock the new file too)."""
+    calls, flock = [], fcntl.flock
+
+    def flock_after_removal(fd, op):
+        if not calls:
+            os.unlink(tmp_path / "run" / ".lock")
+        calls.append(op)
+        return flock(fd, op)
+
+    monkeypatch.setattr(runlock.fcntl, "flock", flock_after_removal)
+    lock = RunLock(tmp_path / "run").acquire()
+    assert len(calls) == 2
+    assert os.fstat(lock.fd).st_ino == os.stat(tmp_path / "run" / ".lock").st_ino
+    lock.release()
+
+
 # ---- 5. report, inspect and plot start no MPI -----------------------------------------------
 
 @pytest.mark.parametrize("command", ["report", "plot", "inspect"])

@@ -1,7 +1,9 @@
 """``lbgm-mpi analyze``: train centrally and measure the rank of the gradient space (N95 / N99).
 
 One process, all the training data, the config's model, data, seed, clients.lr and
-clients.batch_size; writes subspace.json, subspace.png and the resolved config.toml into --out.
+clients.batch_size (and system.device, system.threads); writes subspace.json, subspace.png and the
+resolved config.toml into --out, which is made only once the device and the data are there. Needs
+no MPI (see lbgm_mpi.cli): under a launcher with several ranks it refuses to start.
 """
 
 import json
@@ -20,8 +22,8 @@ DEFAULT_EPOCHS = 30
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="train centrally (one process) and report how many "
                        "principal components the per-epoch gradients need (N95, N99)")
-    p.add_argument("config", help="TOML config file: model, data, run.seed, clients.lr and "
-                   "clients.batch_size are used")
+    p.add_argument("config", help="TOML config file: model, data, run.seed, clients.lr, "
+                   "clients.batch_size, system.device and system.threads are used")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
@@ -96,8 +98,9 @@ def cmd_analyze(comm, args, spec) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/analyze-{Path(args.config).stem}-{stamp}")
     _check_fresh(out)
+    data = load_dataset(spec.data)  # before the folder: missing data files leave none behind
     make_folder(out)  # now: an --out that cannot be written fails before the training
-    run = CentralizedRun(spec, load_dataset(spec.data), device)
+    run = CentralizedRun(spec, data, device)
     result = run.run(args.epochs, _report_progress(args.epochs, args.quiet))
     result = {"command": _command(args, out), "device": str(device),
               "data": spec.data.name, "model": spec.model.name, "lr": spec.clients.lr,

@@ -55,6 +55,14 @@ def register(sub) -> None:
 def _check(args, spec) -> None:
     if args.resume is not None and args.out is None:
         raise UserError("--resume needs --out: the run folder to continue")
+    if args.resume not in (None, "latest"):
+        path = Path(args.resume)
+        if not path.exists():
+            raise UserError(f"--resume {path}: no such checkpoint file (name an .h5 file in "
+                            "OUT/checkpoints, or pass --resume latest)")
+        if path.is_dir():
+            raise UserError(f"--resume {path} is a folder: name a checkpoint file in it "
+                            "(round-NNNNNN.h5), or pass --resume latest")
     if args.command == "compare":
         _methods(args.methods)
         _seeds(args.seeds)
@@ -131,13 +139,21 @@ def _run_folder(comm, args, out: Path):
             lock.release()
 
 
-def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
-    """Check the run (training.preflight), then construct a Trainer (resumed from a checkpoint if
-    asked); a UserError on any rank ends every rank with one message."""
-    from lbgm_mpi.training.loop import Trainer
+def preflight(comm, specs) -> None:
+    """Check each run of ``specs`` (training.preflight) on every rank, before anything is written;
+    a UserError on any rank ends every rank with one message."""
     from lbgm_mpi.training.preflight import check_run
     ranks_on_node = comm.node_rank_and_size()[1]
-    on_every_rank(comm, lambda: check_run(spec, comm.size, ranks_on_node), where="rank")
+    # a compare over seeds repeats each method's config but for run.seed, which no check reads
+    distinct = {s.replace(run={"seed": 0, "label": ""}): s for s in specs}.values()
+    on_every_rank(comm, lambda: [check_run(s, comm.size, ranks_on_node) for s in distinct],
+                  where="rank")
+
+
+def build_trainer(comm, spec, out_dir, quiet, resume=None, stop=None):
+    """Construct a Trainer (resumed from a checkpoint if asked) for a run that passed preflight();
+    a UserError on any rank ends every rank with one message."""
+    from lbgm_mpi.training.loop import Trainer
 
     def build():
         trainer = Trainer(spec, comm, out_dir, quiet=quiet, stop=stop)
@@ -183,6 +199,7 @@ def _plot(folders, prefix) -> None:
 
 def cmd_train(comm, args, spec) -> int:
     out = _out_dir(comm, args)
+    preflight(comm, [spec])
     with _run_folder(comm, args, out) as stop:
         trainer = build_trainer(comm, spec, out, args.quiet, args.resume, stop)
         summary = trainer.run()
@@ -211,6 +228,7 @@ def cmd_compare(comm, args, spec) -> int:
     out = _out_dir(comm, args)
     seeds = _seeds(args.seeds)
     plan = _compare_plan(spec, out, _methods(args.methods), seeds)
+    preflight(comm, [variant for _, variant in plan])
     with _run_folder(comm, args, out) as stop:
         for folder, variant in plan:
             build_trainer(comm, variant, folder, args.quiet, args.resume, stop).run()

@@ -1,5 +1,7 @@
-"""Checks made on every rank before a run allocates anything large, each ending in one line that
-names the cause: the kernel back end exists, the run fits in this node's memory (the model counted
+"""Checks made on every rank before a run allocates anything large, and before its run folder is
+made, each ending in one line that names the cause: there are enough clients for the ranks, the
+device exists (system.device = "cuda" needs a GPU), the kernel back end exists, the data set can
+be read (its files, an HDF5 file's layout), the run fits in this node's memory (the model counted
 on PyTorch's "meta" device, which has shapes but no storage), and the model fits the data (one
 sample through it).
 
@@ -11,12 +13,13 @@ machine kills it, as clients.count = 10^9 did.
 """
 
 import math
+import os
 from pathlib import Path
 
 import torch
 
 from lbgm_mpi.analysis.report import human_bytes
-from lbgm_mpi.errors import UserError
+from lbgm_mpi.errors import ConfigError, UserError
 
 PER_CLIENT_BYTES = 256  # partition index array, label histogram, placement: Python objects each
 FLOAT_BYTES = 4
@@ -26,6 +29,8 @@ BANK_BYTES = {"float32": 4, "bfloat16": 2}
 def check_run(spec, ranks: int, ranks_on_node: int) -> int:
     """Run every check for ``spec`` on ``ranks`` ranks (``ranks_on_node`` of them here); return
     the model's parameter count. Raises UserError naming the first problem found."""
+    _check_ranks(spec.clients, ranks)
+    _check_device(spec.system, ranks_on_node)
     _check_kernels(spec.system)
     bookkeeping = spec.clients.count * PER_CLIENT_BYTES
     _check_memory({"client bookkeeping": bookkeeping}, spec, ranks_on_node)  # before the data
@@ -36,6 +41,25 @@ def check_run(spec, ranks: int, ranks_on_node: int) -> int:
                          bookkeeping), spec, ranks_on_node)
     check_forward(spec, in_shape, num_classes)
     return params
+
+
+def _check_ranks(clients, ranks: int) -> None:
+    """Every rank hosts at least one client (topology.place_clients says the same, later)."""
+    if clients.count < ranks:
+        raise ConfigError(f"clients.count: {clients.count} clients cannot occupy {ranks} MPI "
+                          f"ranks; run with at most {clients.count} ranks or raise clients.count")
+
+
+def _check_device(system, ranks_on_node: int) -> None:
+    """system.device can be had on this node (topology.choose_device picks it, later)."""
+    if system.device == "cpu":
+        return
+    from lbgm_mpi.gpu import pick_device
+    try:
+        pick_device(system.device, 0, ranks_on_node, torch.cuda.device_count(),
+                    system.allow_gpu_sharing, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    except RuntimeError as err:
+        raise ConfigError(f"system.device: {err}") from None
 
 
 def _check_kernels(system) -> None:

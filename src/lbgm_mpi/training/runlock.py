@@ -3,8 +3,11 @@
 The root rank holds an exclusive ``flock`` on ``OUT/.lock`` for as long as the run lives, and
 writes into the file who holds it (host, pid, start time, command). The kernel drops the lock when
 the process ends, however it ends, so a crashed run never blocks its folder: the next run finds the
-old holder's line, says that it takes over, and goes on. The file is emptied on release but never
-removed: removing it would let a late opener lock a file that no longer has the name.
+old holder's line, says that it takes over, and goes on. The file is emptied on release but kept,
+except where the run created it and left nothing else in the folder (its start failed a check):
+then the lock file, and the folders the run created, go, so that a refused start leaves no
+trace. A lock counts only on the file that has the name at that moment (a late opener that
+locked a removed file tries again), so removing it is safe.
 """
 
 import errno
@@ -21,6 +24,7 @@ from lbgm_mpi.errors import UserError
 LOCK_NAME = ".lock"
 # flock() answers these where the file system cannot lock (e.g. Lustre mounted without flock)
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+_ATTEMPTS = 5  # tries to lock the file that has the name (see RunLock._try_acquire)
 
 
 def _holder_text(raw: str) -> str:
@@ -33,14 +37,27 @@ def _holder_text(raw: str) -> str:
         return f"unreadable holder record {raw[:80]!r}"
 
 
-def make_folder(folder: Path, what: str = "--out") -> None:
-    """Create ``folder`` (and its parents); a path that cannot be a folder is a UserError."""
+def make_folder(folder: Path, what: str = "--out") -> list[Path]:
+    """Create ``folder`` (and its parents); a path that cannot be a folder is a UserError.
+    Returns the folders this call created, deepest first."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise UserError(f"{what} {folder} is a file, not a folder: choose another {what}") from None
     except OSError as err:
         raise UserError(f"{what} {folder}: cannot create the folder ({err.strerror})") from None
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; stop at the first that is not."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (another run's files), or gone already
+            return
 
 
 class RunLock:
@@ -52,24 +69,17 @@ class RunLock:
         self.fd: int | None = None
         self.taken_over = ""  # the holder record a crashed run left behind, if any
         self.unlocked = False  # True where the file system has no locks (a warning is due)
+        self.made: list[Path] = []  # folders acquire() created, deepest first
+        self.made_file = False  # whether acquire() created the lock file
 
     def acquire(self) -> "RunLock":
         """Take the lock (creating the folder); raise UserError naming the holder if it is held."""
-        make_folder(self.folder)
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise UserError(f"--out {self.folder} is not writable ({err.strerror}): choose "
-                            "another --out") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in _NO_LOCKS:
-                holder = _holder_text(self._read())
-                self._close()
-                raise UserError(f"{self.folder} is in use by another run ({holder}): wait for "
-                                "it to end, or choose another --out") from None
-            self.unlocked = True
+        for _ in range(_ATTEMPTS):
+            if self._try_acquire():
+                break
+        else:
+            raise UserError(f"--out {self.folder}: its lock file keeps disappearing (another "
+                            "process removes it): choose another --out")
         self.taken_over = self._read()
         try:
             self._write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -80,6 +90,42 @@ class RunLock:
             raise UserError(f"--out {self.folder}: cannot write {self.path} "
                             f"({err.strerror})") from None
         return self
+
+    def _try_acquire(self) -> bool:
+        """One attempt: True once this process holds the lock on the file named ``path``; False
+        where that file was removed or replaced meanwhile (a start that failed its checks removes
+        its folder), so that a lock on a file without the name is never mistaken for the lock."""
+        self.made += [p for p in make_folder(self.folder) if p not in self.made]
+        existed = self.path.exists()
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder went between make_folder and open
+            return False
+        except OSError as err:
+            raise UserError(f"--out {self.folder} is not writable ({err.strerror}): choose "
+                            "another --out") from None
+        self.made_file = self.made_file or not existed
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                holder = _holder_text(self._read())
+                self._close()
+                raise UserError(f"{self.folder} is in use by another run ({holder}): wait for "
+                                "it to end, or choose another --out") from None
+            self.unlocked = True
+        if not self._holds_the_name():
+            self._close()
+            return False
+        return True
+
+    def _holds_the_name(self) -> bool:
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self.fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
     def notes(self) -> list[str]:
         """What the user should hear about this lock (a takeover, or no locking at all)."""
@@ -93,11 +139,24 @@ class RunLock:
         return notes
 
     def release(self) -> None:
-        """Empty the holder record and drop the lock (the file stays; see the module docstring)."""
+        """Empty the holder record and drop the lock. The file stays, unless this lock created it
+        and nothing else is in the folder (the run's start failed a check): then the file goes,
+        and so do the folders acquire() created (see the module docstring)."""
         if self.fd is None:
+            return
+        if self.made_file and self._only_the_lock():
+            os.unlink(self.path)  # while locked: a late opener finds the name gone and retries
+            self._close()
+            remove_if_empty(self.made)
             return
         self._write("")
         self._close()
+
+    def _only_the_lock(self) -> bool:
+        try:
+            return [p.name for p in self.folder.iterdir()] == [LOCK_NAME]
+        except OSError:
+            return False
 
     def _read(self) -> str:
         os.lseek(self.fd, 0, os.SEEK_SET)
