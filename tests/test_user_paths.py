@@ -149,6 +149,94 @@ def test_a_lock_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch
     lock.release()
 
 
+# ---- 4. the local launcher ------------------------------------------------------------------
+
+def _start(*args: str) -> subprocess.Popen:
+    """The launcher as a terminal starts a job: the leader of a new session."""
+    return subprocess.Popen(["bash", str(LAUNCHER), *args], cwd=REPO, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = WAIT_S) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args} hung for {timeout} s\n{out}\n{err}")
+
+
+def _wait_rows(proc, run: Path, n: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None and \
+            (not metrics.exists() or len(metrics.read_text().splitlines()) < n):
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ended before round {n}: {_finish(proc)}"
+
+
+BANNER = "exited with non-zero status"
+
+
+def test_a_mistyped_command_is_named_in_one_line():
+    started = time.monotonic()
+    proc = _start("2", "trian", "configs/default.toml")
+    out, err = _finish(proc, 30)
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "'trian' is neither a command (train or compare) nor a config file" in err
+    assert time.monotonic() - started < 10, "mpirun was started"
+
+
+@pytest.mark.mpi
+def test_a_one_line_error_through_the_launcher_is_one_line(tmp_path):
+    proc = _start("2", "train", "configs/default.toml", *FAST, "--set", "clients.count=1",
+                  "--out", str(tmp_path / "run"))
+    out, err = _finish(proc)
+    assert proc.returncode == 2, err
+    assert len(_errors(err)) == 1 and BANNER not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.mpi
+def test_a_stop_through_the_launcher_prints_the_launchers_command_and_no_banner(tmp_path):
+    run = tmp_path / "run"
+    proc = _start("2", "train", "configs/default.toml", *SLOW, "--set", "run.rounds=400",
+                  "--out", str(run))
+    _wait_rows(proc, run, 2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = _finish(proc)
+    assert proc.returncode == 75, err
+    assert BANNER not in err, err
+    stopped = len(read_metrics(run))
+    [hint] = [line for line in err.splitlines() if "exit 75. Continue it with: " in line]
+    words = shlex.split(hint.split("Continue it with: ", 1)[1])
+    assert words[:4] == ["bash", str(LAUNCHER), "2", "train"], words
+    assert words[-4:] == ["--out", str(run), "--resume", "latest"], words
+    done = subprocess.run([*words, "--set", f"run.rounds={stopped + 1}", "--quiet"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr
+    assert [r["round"] for r in read_metrics(run)] == list(range(1, stopped + 2))
+
+
+@pytest.mark.mpi
+def test_a_second_ctrl_c_through_the_launcher_quits_at_once(tmp_path):
+    """Without the launcher a second Ctrl-C quits with 130; through it, it used to wait for the
+    round and its checkpoint, and end with 75."""
+    run = tmp_path / "run"
+    proc = _start("2", "train", "configs/default.toml", *SLOW, "--set", "run.rounds=400",
+                  "--out", str(run))
+    _wait_rows(proc, run, 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    sent = time.monotonic()
+    out, err = _finish(proc)
+    assert proc.returncode == 130, err
+    assert "quitting now, without a checkpoint of this round" in err
+    assert time.monotonic() - sent < 10
+
+
 # ---- 5. report, inspect and plot start no MPI -----------------------------------------------
 
 @pytest.mark.parametrize("command", ["report", "plot", "inspect"])

@@ -1,12 +1,18 @@
 """``lbgm-mpi train`` (one run) and ``lbgm-mpi compare`` (several methods, same data and seed;
 with --seeds, once per seed, and a table of the mean and spread over the seeds).
 
-Both hold their run folder (--out) locked while they run; a stop signal ends them after the
-current round with a checkpoint and exit 75, and the same command with ``--resume latest``
-continues (compare reads back the methods that finished, continues the interrupted one and runs
-the rest).
+Both check the run on every rank first (training.preflight: clients for the ranks, the device,
+the data, memory, the model against the data; the checkpoint --resume names), and only then make
+the run folder (--out) and hold it locked while they run, so a start that fails a check leaves no
+folder behind. A stop signal ends them after the current round with a checkpoint and exit 75, and
+the same command with ``--resume latest`` continues (compare reads back the methods that finished,
+continues the interrupted one and runs the rest); under jobs/mpirun-local.sh the command printed
+to continue is the launcher's (it sets LBGM_MPI_LAUNCHER).
+
+Runs are named by RunSpec.label() (the algorithm and its parameters), by train and compare alike.
 """
 
+import os
 import shlex
 import sys
 import time
@@ -102,9 +108,18 @@ def _tell(comm, text: str) -> None:
         print(f"lbgm-mpi: {text}", file=sys.stderr, flush=True)
 
 
+def _launcher() -> list[str]:
+    """The words that start lbgm-mpi under the launcher that set LBGM_MPI_LAUNCHER, else []."""
+    try:
+        return shlex.split(os.environ.get(LAUNCHER_VARIABLE, ""))
+    except ValueError:  # unbalanced quotes: not a command we could print
+        return []
+
+
 def _continue_command(args, out: Path) -> str:
-    """The command line that continues this train or compare after a stop."""
-    words = ["lbgm-mpi", args.command, args.config]
+    """The command line that continues this train or compare after a stop: under
+    jobs/mpirun-local.sh the launcher's whole command, else lbgm-mpi's (for the same launcher)."""
+    words = [*(_launcher() or ["lbgm-mpi"]), args.command, args.config]
     for override in args.overrides:
         words += ["--set", override]
     if args.command == "compare":
@@ -128,8 +143,9 @@ def _run_folder(comm, args, out: Path):
             _tell(comm, note)
         yield StopFlag().install()
     except Preempted as stop:
-        _tell(comm, f"{stop}; exit {PREEMPTED_EXIT_CODE}. Continue it, under the same launcher, "
-                    f"with: {_continue_command(args, out)}")
+        how = "" if _launcher() else ", under the same launcher,"
+        _tell(comm, f"{stop}; exit {PREEMPTED_EXIT_CODE}. Continue it{how} with: "
+                    f"{_continue_command(args, out)}")
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except AgreedError as err:
         _tell(comm, f"error: {err}")
