@@ -80,6 +80,73 @@ def _edit_config(folder: Path, **sections) -> None:
     (folder / "config.toml").write_text(to_toml(spec.replace(**sections)))
 
 
+# ---- 1. report and plot take what a shell's glob gives them ---------------------------------
+
+def test_report_and_plot_leave_out_folders_that_are_not_runs(runs, tmp_path):
+    """`report runs/*/*` lists run folders next to checkpoints folders, PNGs and empty folders:
+    the runs are taken, the rest left out with a note each (it stopped at the first)."""
+    root = tmp_path / "runs"
+    _copy_runs(runs, root / "cmp")
+    shutil.copytree(runs / "lbgm", root / "solo")  # a train run: root/solo/checkpoints is in */*
+    (root / "cmp" / "stale").mkdir()  # an empty folder
+    args = sorted(str(p) for p in root.glob("*/*"))
+    assert str(root / "solo" / "checkpoints") in args
+    report = _cli("report", *args)
+    assert report.returncode == 0, report.stderr
+    assert "fedavg" in report.stdout and "lbgm(t=0.2)" in report.stdout
+    notes = report.stderr.splitlines()
+    assert f"lbgm-mpi: left out {root / 'solo' / 'checkpoints'} (no metrics.jsonl: not a run " \
+           "folder, or its run has not finished a round yet)" in notes, notes
+    assert f"lbgm-mpi: left out {root / 'cmp' / 'stale'} (an empty folder)" in notes, notes
+    assert any(n.startswith("lbgm-mpi: left out ") and "file(s), not run folders: " in n
+               for n in notes), notes
+    plot = _cli("plot", *args, "--out", str(tmp_path / "fig"))
+    assert plot.returncode == 0, plot.stderr
+    assert (tmp_path / "fig_acc_vs_bytes.png").stat().st_size > 0
+
+
+def test_report_takes_the_runs_of_a_seed_folder(runs, tmp_path):
+    """`report OUT/*` after compare --seeds lists seed-S folders: their runs are taken."""
+    out = tmp_path / "cmp"
+    for method in ("fedavg", "lbgm"):
+        shutil.copytree(runs / method, out / "seed-0" / method)
+    (out / "compare_seeds.png").write_bytes(b"png")
+    for args in ([str(p) for p in sorted(out.iterdir())], [str(out)]):
+        report = _cli("report", *args)
+        assert report.returncode == 0, report.stderr
+        assert "fedavg" in report.stdout and "lbgm(t=0.2)" in report.stdout
+        assert "run folder(s) in" in report.stderr and "fedavg, " in report.stderr
+
+
+def test_no_run_folder_at_all_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_error(_cli("report", str(tmp_path / "empty")), "no run folder among the arguments",
+               f"{tmp_path / 'empty'} (an empty folder)")
+
+
+# ---- 2. a FedAvg baseline must be of the same setting ---------------------------------------
+
+def test_report_refuses_a_fedavg_run_of_another_setting(runs, tmp_path):
+    """It printed a drop of -73 points and savings of -2300% against FedAvg on another data set."""
+    cmp = _copy_runs(runs, tmp_path / "cmp")
+    _edit_config(cmp / "fedavg", data={"name": "digits"}, run={"rounds": 30})
+    folders = [str(cmp / "fedavg"), str(cmp / "lbgm")]
+    needles = [f"fedavg baseline {cmp / 'fedavg'} differs from {cmp / 'lbgm'} in",
+               "data.name (digits vs synthetic)", "run.rounds (30 vs 8)"]
+    _one_error(_cli("report", *folders), *needles)
+    _one_error(_cli("plot", *folders, "--sweep", "--out", str(tmp_path / "fig")), *needles)
+
+
+def test_report_warns_of_other_step_sizes_and_takes_another_seed(runs, tmp_path):
+    cmp = _copy_runs(runs, tmp_path / "cmp")
+    _edit_config(cmp / "fedavg", clients={"lr": 0.05}, run={"seed": 7})
+    report = _cli("report", str(cmp / "fedavg"), str(cmp / "lbgm"))
+    assert report.returncode == 0, report.stderr
+    [warning] = [x for x in report.stderr.splitlines() if x.startswith("lbgm-mpi: warning")]
+    assert "in clients.lr (0.05 vs 0.1)" in warning and "seed" not in warning, warning
+    assert "lbgm(t=0.2)" in report.stdout
+
+
 # ---- 3. a start that fails its checks leaves no folder --------------------------------------
 
 def _failing_starts(tmp_path: Path) -> dict:

@@ -2,8 +2,13 @@
 
 Every run gets its own colour and its own marker (13 methods of a compare stay apart), is named as
 the comparison table names it (report.display_labels), and the legends sit outside the axes, so
-that they never hide a curve. Byte axes use the table's decimal units (human_bytes) on every tick.
+that they never hide a curve. Byte axes use the table's decimal units (human_bytes) on every tick,
+and label more than one tick per decade where the data span a decade or less. The dashed "bytes
+handed to MPI" line of a run has larger, hollow markers, placed between those of its uplink line,
+so that it stays visible where the two coincide (FedAvg hands MPI its uplink and little else).
 """
+
+import math
 
 from pathlib import Path
 
@@ -12,10 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, Locator, MaxNLocator, NullFormatter  # noqa: E402
 
-from lbgm_mpi.analysis.report import (Run, display_labels, fedavg_reference,  # noqa: E402
-                                      human_bytes, load_run)
+from lbgm_mpi.analysis.report import (Run, check_baseline, display_labels,  # noqa: E402
+                                      fedavg_reference, human_bytes, load_run)
 
 _DPI = 150
 # tab20's dark shades first, then its light ones: 20 colours, the first 10 of distinct hues
@@ -44,9 +49,44 @@ def _save(fig, out_png: str | Path) -> Path:
     return out
 
 
+# the mantissas of the major ticks of a log-scale byte axis, tried in turn until one gives
+# MIN_TICKS ticks in view: decades, then 1-2-5, then every integer mantissa
+_MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), tuple(float(m) for m in range(1, 10)))
+MIN_TICKS = 3
+
+
+def byte_ticks(lo: float, hi: float) -> list[float]:
+    """Major tick positions for a log-scale byte axis showing [lo, hi]: decades where the axis
+    spans enough of them for MIN_TICKS ticks, else 1-2-5 or every integer mantissa per decade,
+    else (a span too short for any of those) evenly spaced round numbers."""
+    lo, hi = sorted((lo, hi))
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= 0:
+        return []
+    lo = max(lo, hi * 1e-12)
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for mantissas in _MANTISSAS:
+        ticks = [m * 10.0 ** e for e in decades for m in mantissas if lo <= m * 10.0 ** e <= hi]
+        if len(ticks) >= MIN_TICKS:
+            return ticks
+    linear = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    return [float(v) for v in linear if lo <= v <= hi]
+
+
+class _ByteLocator(Locator):
+    """byte_ticks() for the axis's current view."""
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin, vmax):
+        return byte_ticks(vmin, vmax)
+
+
 def _bytes_axis(axis) -> None:
-    """Decimal byte units (human_bytes) on the major ticks of a log-scale axis, none on minor
-    ones (matplotlib would write those as powers of ten)."""
+    """Decimal byte units (human_bytes) on the major ticks of a log-scale axis (byte_ticks: more
+    than one per decade where the view spans a decade or less), none on minor ones (matplotlib
+    would write those as powers of ten)."""
+    axis.set_major_locator(_ByteLocator())
     axis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
     axis.set_minor_formatter(NullFormatter())
 
@@ -61,31 +101,46 @@ def _positive(xs: list[float], ys: list[float]) -> tuple[list[float], list[float
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _accuracy_vs_bytes(runs: list[Run], out_png: Path) -> Path:
+def _mpi_style(style: dict) -> dict:
+    """The dashed MPI-bytes line of a run: its colour and marker, hollow and larger, so that a
+    ring shows around the uplink line's marker where the two lines coincide."""
+    return {**style, "linestyle": "--", "alpha": 0.8, "markerfacecolor": "none",
+            "markersize": 2 * style["markersize"], "zorder": 3}
+
+
+def accuracy_vs_bytes_figure(runs: list[Run]):
+    """The figure of test accuracy against cumulative uplink and MPI bytes (log scale)."""
     fig, ax = plt.subplots(figsize=(9.0, 4.8))
     for run, name, style in zip(runs, display_labels(runs), styles(len(runs))):
         x, acc = _positive(*run.evaluated("uplink_bytes"))
         ax.plot(x, _percent(acc), label=name, markevery=_every(x), **style)
         x, acc = _positive(*run.evaluated("mpi_bytes"))
-        ax.plot(x, _percent(acc), linestyle="--", alpha=0.7, markevery=_every(x),
-                markerfacecolor="none", **style)
+        ax.plot(x, _percent(acc), markevery=_every(x, shifted=True), **_mpi_style(style))
     ax.set_xscale("log")
     _bytes_axis(ax.xaxis)
     ax.set_xlabel("cumulative bytes sent (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy vs communication")
     ax.grid(True, which="major", alpha=0.3)
-    kinds = [Line2D([], [], color="gray", label="uplink (clients' updates)"),
-             Line2D([], [], color="gray", linestyle="--", label="all bytes handed to MPI")]
+    marked = {"color": "gray", "marker": "o", "markersize": 4}
+    kinds = [Line2D([], [], label="uplink (clients' updates)", **marked),
+             Line2D([], [], label="all bytes handed to MPI (hollow markers)",
+                    **_mpi_style(marked))]
     ax.add_artist(_legend_outside(ax, title="run"))
     ax.legend(handles=kinds, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
               fontsize="small")
-    return _save(fig, out_png)
+    return fig
 
 
-def _every(x: list) -> int:
-    """Mark about 12 points of a curve, so that markers tell runs apart without hiding it."""
-    return max(1, len(x) // 12)
+def _accuracy_vs_bytes(runs: list[Run], out_png: Path) -> Path:
+    return _save(accuracy_vs_bytes_figure(runs), out_png)
+
+
+def _every(x: list, shifted: bool = False):
+    """Mark about 12 points of a curve, so that markers tell runs apart without hiding it;
+    ``shifted``, the points half-way between those (where there are such points)."""
+    every = max(1, len(x) // 12)
+    return (every // 2, every) if shifted and every > 1 else every
 
 
 def _accuracy_vs_round(runs: list[Run], out_png: Path) -> Path:
@@ -156,17 +211,20 @@ def _sweep_series(ax, series: list[Run], ref: Run, style: dict) -> None:
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
 
 
-def plot_sweep(run_dirs: list[str | Path], out_png: str | Path) -> Path:
+def plot_sweep(run_dirs: list[str | Path], out_png: str | Path, warn=None) -> Path:
     """Threshold sweep: accuracy drop against uplink savings, both vs the FedAvg run among them.
 
     One connected series per compressor, points in threshold order, each annotated with its
-    threshold. Raises ValueError naming the folders if none of them is a FedAvg run.
+    threshold. Raises ValueError naming the folders if none of them is a FedAvg run, or if it
+    cannot be compared with the others (report.check_baseline, which tells ``warn`` of lesser
+    differences).
     """
     runs = [load_run(d) for d in run_dirs]
     ref = fedavg_reference(runs)
     if ref is None:
         names = ", ".join(str(r.path) for r in runs)
         raise ValueError(f"no FedAvg run (summary algo == 'fedavg') among: {names}")
+    check_baseline(ref, runs, warn)
     fig, ax = plt.subplots(figsize=(7, 4.8))
     ax.plot([0], [0], marker="*", markersize=14, linestyle="none", color="black",
             label=f"FedAvg ({ref.label})")

@@ -7,9 +7,18 @@ summary.json (or an older one, from before it was resumed): its summary is then 
 rounds so far, the same way the trainer computes it, and the run is marked unfinished. Accuracies
 are fractions in the files; the table shows percent and percentage points. Byte counts use decimal
 units (1 KB = 1000 bytes), as network rates do.
+
+A run is compared with a FedAvg baseline only where the comparison means something: both ran the
+same task (every data.* and model.* key), the same federation (clients.count, clients.per_round,
+clients.update, clients.local_epochs) for the same number of rounds (run.rounds). A baseline that
+differs in any of those is refused (check_baseline raises ValueError naming the keys). The seed
+may differ, and so may algo.* (what is compared) and system.* (where it ran). Step sizes
+(clients.lr, clients.batch_size, server.lr, server.momentum) and data.root (the same files may lie
+elsewhere) may differ with a warning.
 """
 
 import json
+import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +35,7 @@ class Run:
     rounds: list[dict]  # metrics.jsonl, in round order
     summary: dict  # summary.json, or the same computed from the rounds of an unfinished run
     planned_rounds: int | None = None  # run.rounds of an unfinished run; None once finished
+    config: dict | None = None  # config.toml as flat "section.key" -> value; None without one
 
     @property
     def label(self) -> str:
@@ -86,18 +96,31 @@ def _read_rows(path: Path) -> list[dict]:
     return sorted(rows, key=lambda r: r["round"])
 
 
+def _flat_config(path: Path) -> dict | None:
+    """config.toml at ``path`` as {"section.key": value}, read as it is (keys of another version
+    of lbgm-mpi included); None if there is no such file."""
+    try:
+        with open(path, "rb") as f:
+            tree = tomllib.load(f)
+    except FileNotFoundError:
+        return None
+    return {f"{section}.{key}": value for section, values in tree.items()
+            if isinstance(values, dict) for key, value in values.items()}
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read a run folder: metrics.jsonl, and summary.json if the run finished (else config.toml,
     to summarize the rounds so far)."""
     from lbgm_mpi.config import load_config
     path = Path(run_dir)
     rows = _read_rows(path / "metrics.jsonl")
+    config = _flat_config(path / "config.toml")
     if (path / "summary.json").is_file():
         summary = json.loads((path / "summary.json").read_text())
         if summary["rounds"] == len(rows):
-            return Run(path, rows, summary)
+            return Run(path, rows, summary, config=config)
     spec = load_config(path / "config.toml")
-    return Run(path, rows, summarize(rows, spec, None), spec.run.rounds)
+    return Run(path, rows, summarize(rows, spec, None), spec.run.rounds, config)
 
 
 def display_labels(runs: list[Run]) -> list[str]:
@@ -133,8 +156,54 @@ def fedavg_reference(runs: list[Run]) -> Run | None:
              and r.summary.get("compressor", "none") == "none"]
     if len(found) > 1:
         names = ", ".join(str(r.path) for r in found)
-        raise ValueError(f"several FedAvg runs ({names}): pass only the one to compare against")
+        raise ValueError(f"several FedAvg runs ({names}): pass only the one to compare against "
+                         "(runs of several seeds: report --seeds S,S,... compares each seed's)")
     return found[0] if found else None
+
+
+# config keys a run must share with its FedAvg baseline (a key ending in "." names a section), and
+# those whose difference is worth a warning; see the module docstring
+BASELINE_MUST_MATCH = ("data.", "model.", "clients.count", "clients.per_round", "clients.update",
+                       "clients.local_epochs", "run.rounds")
+BASELINE_SHOULD_MATCH = ("data.root", "clients.lr", "clients.batch_size", "server.lr",
+                         "server.momentum")
+
+
+def _differences(ref: Run, run: Run, keys: tuple[str, ...]) -> list[str]:
+    """The keys among ``keys`` (or under a section prefix) in which the two runs' configs differ,
+    as "key (ref value vs run value)"; keys one of them lacks are not compared."""
+    if ref.config is None or run.config is None:
+        return []
+    out = []
+    for key in sorted(ref.config.keys() & run.config.keys()):
+        chosen = key in keys or any(k.endswith(".") and key.startswith(k) for k in keys)
+        if chosen and ref.config[key] != run.config[key]:
+            out.append(f"{key} ({_shown(ref.config[key])} vs {_shown(run.config[key])})")
+    return out
+
+
+def _shown(value) -> str:
+    return '""' if value == "" else str(value)
+
+
+def check_baseline(ref: Run, runs: list[Run], warn=None) -> None:
+    """Refuse (ValueError, one line) a FedAvg baseline ``ref`` whose config differs from a run's
+    in a key the comparison needs (BASELINE_MUST_MATCH); call ``warn(text)`` for each run that
+    differs from it in a step size (BASELINE_SHOULD_MATCH)."""
+    for run in runs:
+        if run is ref:
+            continue
+        hard = [d for d in _differences(ref, run, BASELINE_MUST_MATCH)
+                if not d.startswith(BASELINE_SHOULD_MATCH)]
+        if hard:
+            raise ValueError(f"fedavg baseline {ref.path} differs from {run.path} in "
+                             f"{', '.join(hard)}: it cannot be compared (the drop and savings "
+                             "need the same data, model, clients and rounds; run.seed may "
+                             "differ): pass a FedAvg run of the same setting, or leave it out")
+        soft = _differences(ref, run, BASELINE_SHOULD_MATCH)
+        if soft and warn is not None:
+            warn(f"fedavg baseline {ref.path} differs from {run.path} in {', '.join(soft)}: the "
+                 "drop and savings compare runs trained with different settings")
 
 
 def human_bytes(n: float) -> str:
@@ -187,17 +256,22 @@ def _row(run: Run, name: str, ref: Run | None, target: float | None, target_sour
     }
 
 
-def compare_table(run_dirs: list[str | Path], target_acc: float | None = None) -> list[dict]:
+def compare_table(run_dirs: list[str | Path], target_acc: float | None = None,
+                  warn=None) -> list[dict]:
     """One row of raw numbers per run folder, compared with the FedAvg run among them.
 
     The accuracy drop is FedAvg's best accuracy minus the run's, in percentage points; savings are
     1 - bytes / FedAvg's bytes, in percent. ``target_acc`` is a fraction; by default it is
     0.95 x FedAvg's best accuracy. Columns that need FedAvg are None when there is no FedAvg run.
+    A FedAvg run that cannot be compared with the others raises ValueError (check_baseline, which
+    calls ``warn`` about lesser differences).
     """
     if target_acc is not None and not 0.0 < target_acc <= 1.0:
         raise ValueError(f"target_acc is a fraction in (0, 1], got {target_acc}")
     runs = [load_run(d) for d in run_dirs]
     ref = fedavg_reference(runs)
+    if ref is not None:
+        check_baseline(ref, runs, warn)
     source = "given"
     if target_acc is None and ref is not None and ref.summary["best_acc"] is not None:
         target_acc = TARGET_FRACTION * ref.summary["best_acc"]

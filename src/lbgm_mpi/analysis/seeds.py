@@ -13,7 +13,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 
-from lbgm_mpi.analysis.report import Run, fedavg_reference, human_bytes
+from lbgm_mpi.analysis.report import Run, check_baseline, fedavg_reference, human_bytes
 
 LAST = 5  # evaluated rounds averaged into "last-5 accuracy"
 
@@ -119,15 +119,19 @@ def _method_row(label: str, by_seed: dict[int, Run], refs: dict[int, Run]) -> di
     return row
 
 
-def seed_table(runs: list[Run], seeds: list[int] | None = None) -> list[dict]:
+def seed_table(runs: list[Run], seeds: list[int] | None = None, warn=None) -> list[dict]:
     """One row per method (label) with the mean and spread over its seeds (see the module);
-    the FedAvg reference of each seed is that seed's uncompressed FedAvg run, if any."""
+    the FedAvg reference of each seed is that seed's uncompressed FedAvg run, if any, and must be
+    comparable with the seed's other runs (report.check_baseline: ValueError if not; ``warn``
+    hears of lesser differences)."""
     groups = group_by_method(runs, seeds)
     all_seeds = sorted({s for by_seed in groups.values() for s in by_seed})
     refs = {}
     for s in all_seeds:
-        ref = fedavg_reference([by_seed[s] for by_seed in groups.values() if s in by_seed])
+        of_seed = [by_seed[s] for by_seed in groups.values() if s in by_seed]
+        ref = fedavg_reference(of_seed)
         if ref is not None:
+            check_baseline(ref, of_seed, warn)
             refs[s] = ref
     return [_method_row(label, by_seed, refs) for label, by_seed in groups.items()]
 

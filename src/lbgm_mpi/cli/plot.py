@@ -3,28 +3,47 @@ the table of each method's mean and spread over seeds; with --phases the seconds
 the round) for run folders.
 
 Both read run folders (metrics.jsonl, and summary.json or, for a run still running or stopped,
-config.toml) and need no config; files among the arguments (the PNGs and tables written next to
-runs, as a shell's DIR/* lists them) are left out. Under mpirun only the root rank does the work.
+config.toml) and need no config. Shell globs are welcome: a folder that holds run folders (a
+compare's OUT, a seed-S folder of compare --seeds; two levels down at most) gives its runs, and
+anything else that is not a run folder (the PNGs and tables written next to runs, a checkpoints
+folder, an empty folder) is left out with a one-line note on stderr; only a path that does not
+exist is an error. A FedAvg run is a baseline only for runs of its setting (analysis.report,
+check_baseline). They need no MPI (see lbgm_mpi.cli): under a launcher rank 0 does the work.
 """
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from lbgm_mpi.errors import UserError
 
+SEARCH_DEPTH = 2  # levels below an argument searched for run folders: OUT/seed-S/METHOD
+
+_RUNS_HELP = ("run folders (finished or not), or folders holding them (a compare's OUT, a seed-S "
+              "folder); other arguments are left out with a note")
+
 
 def register(sub) -> None:
     plot = sub.add_parser("plot", help="accuracy vs uplink bytes and vs round (PNG) for runs")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (finished or not)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help=_RUNS_HELP)
     plot.add_argument("--out", metavar="PREFIX", default=None,
                       help="write PREFIX_acc_vs_bytes.png, PREFIX_acc_vs_round.png (and "
-                      "PREFIX_sweep.png); default: <folder holding the runs>/plot")
+                      "PREFIX_sweep.png); default: PREFIX = <the runs' common folder>/plot "
+                      "(for one run, inside its folder, where train writes them)")
     plot.add_argument("--sweep", action="store_true",
-                      help="also plot accuracy drop vs uplink savings against the one FedAvg run")
-    report = sub.add_parser("report", help="print the comparison table of runs against FedAvg")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (finished or not)")
+                      help="also plot accuracy drop vs uplink savings against the one FedAvg run "
+                      "(of the same data, model, clients and rounds)")
+    report = sub.add_parser("report", help="print the table comparing runs with their FedAvg run "
+                            "(--seeds: mean and spread over seeds; --phases: seconds per phase)",
+                            description="Print the table comparing runs with the FedAvg run "
+                            "among them. That baseline must share the runs' data.*, model.*, "
+                            "clients.count, clients.per_round, clients.update, "
+                            "clients.local_epochs and run.rounds (run.seed may differ; a "
+                            "different data.root, clients.lr, clients.batch_size or server.* "
+                            "gives a warning).")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help=_RUNS_HELP)
     report.add_argument("--target", type=_accuracy, default=None, metavar="ACC",
                         help="target accuracy for 'uplink to target', as a fraction (0.9) or in "
                         "percent (90); default 0.95 x FedAvg's best accuracy")
@@ -52,27 +71,74 @@ def _accuracy(text: str) -> float:
     return value
 
 
+def _not_a_run(path: Path) -> str | None:
+    """Why the folder ``path`` is not a run folder; None if it is one."""
+    if not (path / "metrics.jsonl").is_file():
+        if not any(path.iterdir()):
+            return "an empty folder"
+        return ("no metrics.jsonl: not a run folder, or its run has not finished a round yet")
+    if not any((path / name).is_file() for name in ("summary.json", "config.toml")):
+        return "neither summary.json nor config.toml: not a run folder"
+    return None
+
+
+def _natural(path: Path):
+    """Sort key: seed-2 before seed-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _runs_below(folder: Path, depth: int) -> list[Path]:
+    """The run folders under ``folder``, ``depth`` levels down at most, in natural order."""
+    found = []
+    for child in sorted((p for p in folder.iterdir() if p.is_dir()), key=_natural):
+        if _not_a_run(child) is None:
+            found.append(child)
+        elif depth > 1:
+            found += _runs_below(child, depth - 1)
+    return found
+
+
+def _note(text: str) -> None:
+    print(f"lbgm-mpi: {text}", file=sys.stderr)
+
+
 def run_folders(paths: list[str]) -> list[Path]:
-    """The run folders among ``paths``, checked; files are left out, with a note on stderr."""
-    folders, files = [], []
+    """The run folders among ``paths`` (see the module docstring); a note on stderr for each
+    argument left out or searched. A path that does not exist is an error, and so is finding no
+    run folder at all."""
+    folders, files, skipped, notes = [], [], [], []
     for path in map(Path, paths):
         if path.is_file():
             files.append(path)
         elif not path.is_dir():
             raise UserError(f"run folder {path} does not exist")
-        elif not (path / "metrics.jsonl").is_file():
-            raise UserError(f"{path} has no metrics.jsonl: not a run folder, or its run has not "
-                            "finished a round yet")
-        elif not any((path / name).is_file() for name in ("summary.json", "config.toml")):
-            raise UserError(f"{path} has neither summary.json nor config.toml: not a run folder")
-        else:
+        elif (why := _not_a_run(path)) is None:
             folders.append(path)
+        elif below := _runs_below(path, SEARCH_DEPTH):
+            folders += below
+            notes.append(f"taking the {len(below)} run folder(s) in {path}: "
+                         f"{', '.join(str(p.relative_to(path)) for p in below)}")
+        else:
+            skipped.append(f"{path} ({why})")
+    first = {}
+    for folder in folders:  # one run named twice (DIR and DIR/METHOD) is taken once
+        first.setdefault(folder.resolve(), folder)
+    unique = list(first.values())
+    if not unique:
+        left = [*skipped, *(f"{f} (a file)" for f in files)]
+        raise UserError(f"no run folder among the arguments: {'; '.join(left[:4])}"
+                        f"{'; ...' if len(left) > 4 else ''}")
+    for text in notes:
+        _note(text)
     if files:
-        print(f"lbgm-mpi: left out {len(files)} file(s), not run folders: "
-              f"{', '.join(map(str, files))}", file=sys.stderr)
-    if not folders:
-        raise UserError("no run folder among the arguments")
-    return folders
+        _note(f"left out {len(files)} file(s), not run folders: {', '.join(map(str, files))}")
+    for text in skipped:
+        _note(f"left out {text}")
+    return unique
+
+
+def _warn(text: str) -> None:
+    _note(f"warning: {text}")
 
 
 def _default_prefix(folders: list[Path]) -> Path:
@@ -88,8 +154,8 @@ def cmd_plot(comm, args, spec) -> int:
     try:
         written = plot_runs(folders, prefix)
         if args.sweep:
-            written.append(plot_sweep(folders, f"{prefix}_sweep.png"))
-    except ValueError as err:  # e.g. --sweep without, or with several, FedAvg runs
+            written.append(plot_sweep(folders, f"{prefix}_sweep.png", _warn))
+    except ValueError as err:  # --sweep without, with several, or with an unlike FedAvg run
         raise UserError(str(err)) from None
     for path in written:
         print(f"wrote {path}")
@@ -106,8 +172,8 @@ def cmd_report(comm, args, spec) -> int:
     if args.seeds is not None:
         return _report_seeds(folders, args)
     try:
-        rows = compare_table(folders, args.target)
-    except ValueError as err:  # several FedAvg runs
+        rows = compare_table(folders, args.target, _warn)
+    except ValueError as err:  # several FedAvg runs, or one unlike the others
         raise UserError(str(err)) from None
     print(format_table(rows))
     if args.json:
@@ -123,9 +189,9 @@ def _report_seeds(folders: list[Path], args) -> int:
     if args.target is not None:
         raise UserError("--target applies to the one-seed table: leave it out with --seeds")
     try:
-        rows = seed_table([load_run(f) for f in folders], parse_seeds(args.seeds))
-    except ValueError as err:  # a bad --seeds, a missing seed, a label twice for one seed
-        raise UserError(f"--seeds: {err}") from None
+        rows = seed_table([load_run(f) for f in folders], parse_seeds(args.seeds), _warn)
+    except ValueError as err:  # a bad --seeds, a missing seed, a label twice for one seed, a
+        raise UserError(f"--seeds: {err}") from None  # FedAvg run unlike its seed's others
     print(format_seed_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows_to_json(rows), indent=1))
