@@ -80,7 +80,7 @@ def test_report_prints_table_and_json(runs, tmp_path):
     assert "fedavg" in result.stdout and "lbgm" in result.stdout
     assert "50.00%" in result.stdout  # --target 50 reads as percent
     rows = json.loads(table.read_text())
-    assert [r["label"] for r in rows] == ["fedavg", "lbgm"]
+    assert [r["label"] for r in rows] == ["fedavg", "lbgm(t=0.2)"]  # RunSpec.label(), as train
     assert rows[1]["uplink_bytes"] == read_summary(runs[1])["total_uplink_bytes"]
 
 
@@ -156,7 +156,7 @@ def test_report_and_plot_show_a_run_that_has_not_finished(runs, tmp_path):
     lines = (cut / "metrics.jsonl").read_text().splitlines(keepends=True)
     (cut / "metrics.jsonl").write_text("".join(lines[:5]) + lines[5][:20])
     result = lbgm(1, "report", str(runs[0]), str(cut), timeout=60)
-    assert "lbgm (round 5 of 8)" in result.stdout and "not finished" in result.stdout
+    assert "lbgm(t=0.2) (round 5 of 8)" in result.stdout and "not finished" in result.stdout
     lbgm(1, "plot", str(runs[0]), str(cut), "--out", str(tmp_path / "fig"), timeout=60)
     assert (tmp_path / "fig_acc_vs_bytes.png").stat().st_size > 0
 

@@ -324,3 +324,107 @@ def test_report_under_mpirun_prints_once_and_names_no_rank(runs, tmp_path):
     failed = lbgm(2, "report", str(tmp_path / "missing"), timeout=60, check=False)
     assert _one_error(failed, str(tmp_path / "missing")) == \
         f"lbgm-mpi: error: run folder {tmp_path / 'missing'} does not exist"
+
+
+# ---- 6. plots and labels --------------------------------------------------------------------
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, kept open for inspection."""
+    kept = []
+
+    def keep(fig, out_png):
+        fig.canvas.draw()
+        kept.append(fig)
+        return out_png
+
+    monkeypatch.setattr(plots, "_save", keep)
+    yield kept
+    for fig in kept:
+        plt.close(fig)
+
+
+def _visible_ticks(axis) -> list[str]:
+    lo, hi = sorted(axis.get_view_interval())
+    fmt = axis.get_major_formatter()
+    return [fmt(v) for v in axis.get_majorticklocs() if lo <= v <= hi]
+
+
+@pytest.mark.parametrize("lo, hi", [(1.2e6, 8e6), (3e4, 9e4), (2.0e9, 2.6e9), (50.0, 2e3)])
+def test_a_byte_axis_labels_several_ticks_where_the_data_span_a_decade_or_less(lo, hi):
+    fig, ax = plt.subplots()
+    ax.plot([lo, hi], [0.0, 1.0])
+    ax.set_xscale("log")
+    plots._bytes_axis(ax.xaxis)
+    fig.canvas.draw()
+    labels = _visible_ticks(ax.xaxis)
+    plt.close(fig)
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+    assert all(label.endswith("B") for label in labels), labels
+
+
+def test_the_mpi_line_stays_visible_where_it_meets_the_uplink_line(tmp_path, figures):
+    """FedAvg hands MPI about its uplink: the dashed line lay under the solid one, its hollow
+    markers under the filled ones, at the same points."""
+    for n in (8, 40):
+        folder = _write_run(tmp_path, f"fedavg-{n}", "fedavg",
+                            [0.5 + 0.01 * t for t in range(n)], [1000] * n, [1000] * n)
+        plots.plot_runs([folder], tmp_path / f"fig{n}")
+        ax = figures[-2].axes[0]
+        solid, dashed = ax.get_lines()[:2]
+        assert dashed.get_linestyle() == "--" and solid.get_linestyle() == "-"
+        # a hollow ring around each filled marker, drawn over the solid line
+        assert dashed.get_markerfacecolor() == "none"
+        assert dashed.get_markersize() >= 1.5 * solid.get_markersize(), n
+        assert dashed.get_zorder() > solid.get_zorder()
+
+
+def _spec(*overrides: str):
+    return load_config("configs/default.toml", list(overrides))
+
+
+def test_labels_name_every_setting_that_sets_a_run_apart():
+    assert _spec("algo.lookback=3", "algo.threshold_decay=0.9").label() == \
+        "lbgm(t=0.2, m=3, decay=0.9)"
+    assert _spec("algo.warmup_rounds=5", "algo.granularity=layer").label() == \
+        "lbgm(t=0.2, warmup=5, layer)"
+    assert _spec("algo.compressor=powersgd", "algo.error_feedback=true").label() == \
+        "ef-powersgd(r=4)+lbgm(t=0.2)"
+    assert _spec("algo.name=fedavg", "algo.compressor=topk", "algo.ratio=0.1").label() == \
+        "topk(k=0.1)"
+    assert _spec("algo.name=fedavg").label() == "fedavg"
+    assert _spec("run.label=mine", "algo.lookback=3").label() == "mine"
+    assert _spec("algo.scope=global", "algo.lookback=3").label() == "lbgm(t=0.2, m=3, global)"
+    assert _spec("algo.scope=global", "algo.error_feedback=true").label() == \
+        "lbgm(t=0.2, ef, global)"
+    assert _spec("algo.name=fedavg", "algo.scope=global", "algo.compressor=powersgd",
+                 "algo.error_feedback=true").label() == "ef-powersgd(r=4, global)"
+
+
+def test_train_and_compare_label_a_run_alike():
+    base = _spec("algo.threshold=0.05")
+    for method in METHODS:
+        [(_, variant)] = _compare_plan(base, Path("out"), [method], None)
+        sections = {k: v for k, v in method_overrides(method).items() if k != "run"}
+        assert variant.label() == base.replace(**sections).label(), method
+    names = [v.label() for _, v in _compare_plan(base, Path("out"), list(METHODS), None)]
+    assert len(set(names)) == len(names), names  # lbgm and lbgm-model are told apart
+
+
+# ---- 7. help that agrees with the code ------------------------------------------------------
+
+def test_train_help_names_every_algorithm():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["algo.name=none-such"])
+    names = str(err.value).split("is not one of ", 1)[1].split(", ")
+    assert "fedluar" in names
+    text = " ".join(_cli("train", "--help").stdout.split()).lower()
+    assert all(name in text for name in names), (names, text)
+    top = " ".join(_cli("--help").stdout.split()).lower()
+    assert all(name in top for name in names), top
+
+
+def test_analyze_help_names_the_keys_it_reads():
+    text = " ".join(_cli("analyze", "--help").stdout.split())
+    for key in ("clients.lr", "clients.batch_size", "system.device", "system.threads"):
+        assert key in text, key

@@ -229,14 +229,37 @@ class RunSpec:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     def label(self) -> str:
-        """Name of the run in tables: run.label, or one derived from the algorithm."""
+        """Name of the run in tables, plots and progress lines (train and compare alike): run.label,
+        or one derived from the algorithm and each setting that sets it apart: "fedavg",
+        "topk(k=0.01)", "ef-sign", "powersgd(r=4)+lbgm(t=0.2)", "lbgm(t=0.2, m=3, decay=0.9,
+        warmup=5)", "lbgm(t=0.2, layer)", "fedluar(r=1)"; algo.scope = "global" adds "global"
+        ("lbgm(t=0.2, global)", "ef-powersgd(r=4, global)"), error feedback without a
+        compressor "ef" ("lbgm(t=0.2, ef, global)")."""
         if self.run.label:
             return self.run.label
-        if self.algo.name == "lbgm":
-            return f"lbgm(t={self.algo.threshold:g})"
-        if self.algo.name == "fedluar":
-            return f"fedluar(r={self.algo.recycle_layers})"
-        return self.algo.name
+        algo = self.algo
+        scope = getattr(algo, "scope", "client")  # the field came with the global scope
+        if algo.name == "fedluar":
+            return f"fedluar(r={algo.recycle_layers})"
+        compressor = ""
+        if algo.compressor != "none":
+            params = {"topk": [f"k={algo.ratio:g}"], "randomk": [f"k={algo.ratio:g}"],
+                      "lowrank": [f"r={algo.rank}"], "powersgd": [f"r={algo.rank}"]}.get(
+                          algo.compressor, [])
+            params += ["global"] if scope == "global" and algo.name != "lbgm" else []
+            compressor = (("ef-" if algo.error_feedback else "") + algo.compressor
+                          + (f"({', '.join(params)})" if params else ""))
+        if algo.name != "lbgm":
+            return compressor or (f"{algo.name}(global)" if scope == "global" else algo.name)
+        params = [f"t={algo.threshold:g}"]
+        params += [f"m={algo.lookback}"] if algo.lookback != 1 else []
+        params += [f"decay={algo.threshold_decay:g}"] if algo.threshold_decay != 1.0 else []
+        params += [f"warmup={algo.warmup_rounds}"] if algo.warmup_rounds else []
+        params += ["layer"] if algo.granularity == "layer" else []
+        params += ["ef"] if algo.error_feedback and algo.compressor == "none" else []
+        params += ["global"] if scope == "global" else []
+        lbgm = f"lbgm({', '.join(params)})"
+        return f"{compressor}+{lbgm}" if compressor else lbgm
 
     def replace(self, **sections) -> "RunSpec":
         """Return a copy with some sections' fields changed: replace(algo={"name": "fedavg"})."""

@@ -226,17 +226,33 @@ def cmd_train(comm, args, spec) -> int:
     return 0
 
 
+def _method_labels(spec, methods: list[str]) -> dict[str, str]:
+    """The run.label of each method of a compare: "" (RunSpec.label() names the run, as train
+    does), except where two methods come to the same name (the same config, such as lbgm and
+    lbgm-model): those are told apart by the method, "lbgm(t=0.2) [lbgm-model]"."""
+    derived = {}
+    for m in methods:
+        sections = method_overrides(m)
+        sections["run"]["label"] = ""
+        derived[m] = spec.replace(**sections).label()
+    names = list(derived.values())
+    return {m: "" if names.count(name) == 1 else f"{name} [{m}]" for m, name in derived.items()}
+
+
 def _compare_plan(spec, out: Path, methods: list[str], seeds: list[int] | None):
     """(run folder, config) of each run of a compare: OUT/METHOD, or OUT/seed-S/METHOD for each
     of ``seeds`` (seed by seed)."""
-    if seeds is None:
-        return [(out / m, spec.replace(**method_overrides(m))) for m in methods]
+    labels = _method_labels(spec, methods)
     plan = []
-    for seed in seeds:
+    for seed in [None] if seeds is None else seeds:
         for m in methods:
             sections = method_overrides(m)
-            sections["run"]["seed"] = seed
-            plan.append((out / f"seed-{seed}" / m, spec.replace(**sections)))
+            sections["run"]["label"] = labels[m]
+            if seed is None:
+                plan.append((out / m, spec.replace(**sections)))
+            else:
+                sections["run"]["seed"] = seed
+                plan.append((out / f"seed-{seed}" / m, spec.replace(**sections)))
     return plan
 
 
