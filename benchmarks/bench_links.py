@@ -2,17 +2,29 @@
 
     python benchmarks/bench_links.py [--rate 100mbit] [--ranks 4] [--config configs/links-10m.toml]
         [--methods fedavg,lbgm-model,lbgm-layer,ef-powersgd,ef-powersgd+lbgm] [--set k=v ...]
-        [--out benchmarks/results/links-100mbit]
+        [--reuse-fit benchmarks/results/links-100mbit.json] [--out benchmarks/results/links-100mbit]
+    python benchmarks/bench_links.py --model-only benchmarks/results/links-100mbit.json[,MORE.json]
+        [--profile-runs DIR] [--out PREFIX]   (the MODEL's predictions from results; runs nothing)
 
 Needs root (it creates network namespaces). In order, it:
   1. creates the hosts, every link shaped by `tc tbf` (benchmarks/links/netns.py);
   2. times Allreduce and Allgatherv on the links at several rank counts and rates
-     (benchmarks/links/collectives.py), for the round-cost model;
+     (benchmarks/links/collectives.py), for the round-cost model; with --reuse-fit, takes those
+     timings from an earlier results JSON instead (same machine and links);
   3. trains each method with `lbgm-mpi compare --methods M`, one rank per host, over TCP;
   4. times local training of one client on one rank alone (a short run outside the hosts);
-  5. prints the measured table, the fitted round-cost MODEL with its error and its predictions,
+  5. prints the measured table (seconds to two targets, TARGET_FRACTION and SECOND_TARGET x
+     FedAvg's best accuracy; bytes handed to MPI and bytes on the busiest link), the targets of
+     the global scope checked, the fitted round-cost MODEL with its error and its predictions,
      and writes OUT.json, OUT.txt and OUT.png; then removes every host, link and qdisc.
 Open MPI's collective algorithms are pinned for every method (benchmarks/links/costmodel.py).
+
+The MODEL's predictions, at MODEL_RANKS ranks and MODEL_RATES: seconds to each target, seconds
+per round (local work + collectives) of every method, per-client LBGM's break-even refresh rate
+(its Allgathervs cost FedAvg's Allreduce) and the global scope against FedAvg round by round.
+--model-only prints them from a results JSON's fit and profiles without running anything;
+--profile-runs adds the profiles of the methods in a `compare` output folder (any rank count:
+only their refresh / dense-round fractions and bytes are used for the seconds per round).
 """
 
 import argparse
@@ -32,12 +44,16 @@ sys.path.insert(0, str(REPO / "src"))
 import costmodel  # noqa: E402
 import netns  # noqa: E402
 import timeline  # noqa: E402
+from lbgm_mpi.algorithm.global_lookback import sketch_widths  # noqa: E402
 from lbgm_mpi.analysis.report import (  # noqa: E402
     TARGET_FRACTION, fedavg_reference, human_bytes, load_run)
 
 METHODS = "fedavg,lbgm-model,lbgm-layer,ef-powersgd,ef-powersgd+lbgm"
+SECOND_TARGET = 0.99  # a second, closer target: this fraction of FedAvg's best accuracy
+TARGETS = (TARGET_FRACTION, SECOND_TARGET)
 MODEL_RANKS = (16, 64, 256)
-MODEL_RATES = ("100mbit", "1gbit", "10gbit")
+MODEL_RATES = ("10mbit", "100mbit", "1gbit", "10gbit")
+NOT_SLOWER = 1.05  # the global scope's time to a target: at most this x FedAvg's
 BANDWIDTH_BOUND_S = 0.05  # collective timings at least this long are reported by relative error
 
 
@@ -62,7 +78,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefix", default="lkb", help="name prefix of namespaces and links")
     p.add_argument("--subnet", default="10.77.0", help="the hosts' /24, inside the namespaces")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per MPI launch")
+    p.add_argument("--reuse-fit", default=None, metavar="JSON",
+                   help="take the collective timings from this results JSON (its model.points) "
+                        "instead of measuring them")
+    p.add_argument("--model-only", default=None, metavar="JSON[,JSON...]",
+                   help="print the MODEL's predictions from this results JSON (fit, local "
+                        "seconds, profiles; later files add methods); run nothing")
+    p.add_argument("--profile-runs", default=None, metavar="DIR",
+                   help="with --model-only: also model the methods of this compare folder")
     args = p.parse_args(argv)
+    args.out_given = args.out is not None
     args.out = args.out or f"benchmarks/results/links-{args.rate}"
     return args
 
@@ -136,53 +161,138 @@ def time_one_rank(args, runs: Path) -> dict:
     return timeline.one_rank(load_run(runs / "one-rank" / "fedavg").rounds)
 
 
-def method_result(run, job_s: float, alone: dict, ranks: int, target: float | None) -> dict:
-    """The measured row of one method, plus its per-round curves (for the plot and the model)."""
+def record_bytes(run, ranks: int) -> int:
+    """Bytes of the float64 record a global-scope run Allreduces in a round (0 for Allreduce
+    PowerSGD alone, which sends none): 1 + m + the sketch's buckets at model granularity; at
+    layer granularity, as its scalar rounds sent it."""
+    cfg = run.config or {}
+    if cfg.get("algo.name") != "lbgm":
+        return 0
+    if cfg.get("algo.granularity", "model") == "model":
+        d = run.summary["num_params"]
+        return 8 * (1 + cfg["algo.lookback"] + sum(sketch_widths([d], cfg["algo.sketch"])))
+    scalar = [r["mpi_bytes"] // ranks for r in run.rounds if r["refreshes"] == 0]
+    if not scalar:
+        raise ValueError(f"{run.path}: no scalar round tells the record's size")
+    return min(scalar)
+
+
+def method_result(method: str, run, job_s: float, alone: dict, ranks: int,
+                  targets: list[float | None]) -> dict:
+    """The measured row of one method, plus its per-round curves (for the plot and the model).
+    ``targets``: the accuracies of TARGETS (None without a FedAvg run)."""
     rows, s = run.rounds, run.summary
     wall, seen = timeline.elapsed(rows), timeline.visible(rows, alone, ranks)
-    rounds_hit, wall_hit = timeline.to_target(rows, wall, target)
-    _, seen_hit = timeline.to_target(rows, seen, target)
+    hits = []
+    for target in targets:
+        rounds_hit, wall_hit = timeline.to_target(rows, wall, target)
+        _, seen_hit = timeline.to_target(rows, seen, target)
+        hits.append({"target_acc": target, "rounds": rounds_hit, "s": wall_hit,
+                     "visible_s": seen_hit})
     total = lambda key: sum(r[key] for r in rows)
-    return {
-        "method": run.label, "algo": s["algo"], "compressor": s["compressor"],
-        "num_params": s["num_params"], "rounds": len(rows), "rounds_to_target": rounds_hit,
-        "s_to_target": wall_hit, "visible_s_to_target": seen_hit, "total_s": wall[-1],
-        "visible_total_s": seen[-1], "job_s": job_s, "comm_s": total("comm_s"),
-        "train_s": total("train_s"), "mpi_bytes": s["total_mpi_bytes"],
+    scope = (run.config or {}).get("algo.scope", "client")
+    out = {
+        "method": method, "label": run.label, "algo": s["algo"], "compressor": s["compressor"],
+        "scope": scope, "num_params": s["num_params"], "rounds": len(rows),
+        "rounds_to_target": hits[0]["rounds"], "s_to_target": hits[0]["s"],
+        "visible_s_to_target": hits[0]["visible_s"], "targets": hits,
+        "total_s": wall[-1], "visible_total_s": seen[-1], "job_s": job_s,
+        "comm_s": total("comm_s"), "train_s": total("train_s"), "decide_s": total("decide_s"),
+        "mpi_bytes": s["total_mpi_bytes"], "link_bytes": total("link_bytes"),
+        "dense_rounds": sum(r["refreshes"] > 0 for r in rows),
         "best_acc": s["best_acc"], "final_acc": s["final_acc"],
         "curve": [{"round": r["round"], "s": w, "visible_s": v, "acc": r["test_acc"]}
                   for r, w, v in zip(rows, wall, seen)],
         "rows": rows,
     }
+    if scope == "global":
+        out["record_bytes"] = record_bytes(run, ranks)
+    return out
 
 
-def measured(folders: dict, alone: dict, ranks: int) -> tuple[list[dict], float | None]:
-    """Rows for every method, and the target accuracy (TARGET_FRACTION x FedAvg's best)."""
+def measured(folders: dict, alone: dict, ranks: int) -> tuple[list[dict], list[float | None]]:
+    """Rows for every method, and the target accuracies (TARGETS x FedAvg's best)."""
     runs = {m: load_run(f["folder"]) for m, f in folders.items()}
     ref = fedavg_reference(list(runs.values()))
-    target = TARGET_FRACTION * ref.summary["best_acc"] if ref else None
-    return [method_result(runs[m], folders[m]["job_s"], alone, ranks, target)
-            for m in folders], target
+    targets = [f * ref.summary["best_acc"] if ref else None for f in TARGETS]
+    return [method_result(m, runs[m], folders[m]["job_s"], alone, ranks, targets)
+            for m in folders], targets
 
 
 def fit_model(points: list[dict], results: list[dict], ranks: int, rate_bits: float,
               alone: dict) -> dict:
     """The round-cost MODEL: fitted parameters, its error on the points it was fitted on, its
-    error on the measured runs' collective seconds, and predicted seconds to the target."""
+    error on the measured runs' collective seconds, and its predictions (``predict``)."""
     params = costmodel.fit(points)
-    check, predictions = [], []
+    check, profiles = [], {}
     for res in results:
-        prof = costmodel.profile(res, ranks)
-        model_s = sum(costmodel.row_comm(params, r, prof["kind"], ranks, rate_bits)
+        prof = profiles[res["method"]] = costmodel.profile(res, ranks)
+        prof["by_target"] = [costmodel.profile({**res, "rounds_to_target": t["rounds"]}, ranks)
+                             if t["rounds"] else None for t in res["targets"]]
+        model_s = sum(costmodel.row_comm(params, r, prof["kind"], ranks, rate_bits, prof)
                       for r in res["rows"])
         check.append({"method": res["method"], "comm_s": res["comm_s"], "model_s": model_s,
                       "error": model_s / res["comm_s"] - 1.0})
-        for p in MODEL_RANKS:
-            predictions.append({"method": res["method"], "ranks": p, **{
-                rate: costmodel.time_to_target(params, prof, alone, p, netns.rate_bits(rate))
-                for rate in MODEL_RATES}, "profile": prof})
-    return {"params": params, "points": costmodel.fit_errors(params, points),
-            "runs": check, "predictions": predictions}
+    return {"params": params, "points": costmodel.fit_errors(params, points), "runs": check,
+            **predict(params, profiles, alone)}
+
+
+def baseline(profiles: dict, prof: dict) -> str | None:
+    """The method whose every round is a global-scope method's dense round: FedAvg, or
+    Allreduce PowerSGD alone under PowerSGD (None for a method that sends no record)."""
+    if prof["kind"] != "global" or not prof["record"]:
+        return None
+    for method, other in profiles.items():
+        if prof["dense_calls"] == 1 and other["kind"] == "allreduce":
+            return method
+        if prof["dense_calls"] == 2 and other["kind"] == "global" and not other["record"] \
+                and other["dense_calls"] == 2:
+            return method
+    return None
+
+
+def predict(params: dict, profiles: dict, alone: dict) -> dict:
+    """The MODEL's predictions at MODEL_RANKS x MODEL_RATES from fitted ``params`` and each
+    method's profile (costmodel.profile; "by_target": its profile up to each of TARGETS):
+      predictions: seconds to the first target (one key per rate, as before) and to each target;
+      per_round: seconds per round, local work and collectives (dense / refresh fraction over
+        every measured round);
+      break_even: per-client LBGM's refresh fraction at which its round's collectives cost
+        FedAvg's Allreduce (for each gather method whose payload is the whole model);
+      global_check: the global scope's collectives per round against those of the method its
+        dense rounds run (``baseline``), the record Allreduced by the pinned ring and by
+        recursive doubling."""
+    fed = next((p for m, p in profiles.items() if p["kind"] == "allreduce"), None)
+    preds, per_round, even, check = [], [], [], []
+    for method, prof in profiles.items():
+        for ranks in MODEL_RANKS:
+            row = {"method": method, "ranks": ranks, "profile": prof}
+            for rate in MODEL_RATES:
+                bits = netns.rate_bits(rate)
+                row[rate] = costmodel.time_to_target(params, prof, alone, ranks, bits)
+                row[f"{rate}_targets"] = [
+                    None if t is None else costmodel.time_to_target(params, t, alone, ranks, bits)
+                    for t in prof.get("by_target", [prof])]
+                comm = costmodel.round_comm(params, prof, ranks, bits, every=True)
+                per_round.append({"method": method, "ranks": ranks, "rate": rate,
+                                  "comm_s": comm,
+                                  "local_s": costmodel.local_s(prof, alone, ranks)})
+                if fed is not None and prof["kind"] == "gather" and method.startswith("lbgm"):
+                    even.append({"method": method, "ranks": ranks, "rate": rate,
+                                 "measured": prof.get("refresh_all", prof["refresh"]),
+                                 "break_even": costmodel.break_even_refresh(
+                                     params, prof, ranks, bits, fed["bytes"])})
+                base = baseline(profiles, prof)
+                if base is not None:
+                    base_s = costmodel.round_comm(params, profiles[base], ranks, bits)
+                    rd = costmodel.round_comm(params, prof, ranks, bits, every=True,
+                                              record_op="allreduce-rd")
+                    check.append({"method": method, "baseline": base, "ranks": ranks,
+                                  "rate": rate, "baseline_s": base_s, "ring_s": comm,
+                                  "rd_s": rd, "dense": prof["dense_all"]})
+            preds.append(row)
+    return {"predictions": preds, "per_round": per_round, "break_even": even,
+            "global_check": check}
 
 
 # ---- tables ----
@@ -205,17 +315,67 @@ def _ratio(x, ref) -> str:
 
 
 def measured_table(results: list[dict]) -> str:
-    """Measured figures; "x faster" compares seconds to target with FedAvg's."""
-    fed = next((r for r in results if r["method"] == "fedavg"), {})
-    header = ["method", "rounds", "to target", "s to target", "x faster", "visible s to target",
-              "x faster", "total s", "comm s", "train s", "MPI", "best acc", "final acc"]
-    rows = [[r["method"], str(r["rounds"]), str(r["rounds_to_target"] or "n/a"),
-             _s(r["s_to_target"]), _ratio(r["s_to_target"], fed.get("s_to_target")),
-             _s(r["visible_s_to_target"]),
-             _ratio(r["visible_s_to_target"], fed.get("visible_s_to_target")),
-             _s(r["total_s"]), _s(r["comm_s"]), _s(r["train_s"]), human_bytes(r["mpi_bytes"]),
-             f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%"] for r in results]
+    """Measured figures; "x" compares seconds to a target with FedAvg's (visible seconds)."""
+    fed = next((r for r in results if r["method"] == "fedavg"), None)
+    header = ["method", "rounds"]
+    for f in TARGETS:
+        header += [f"to {f:g}: rounds", "s", "visible s", "x faster"]
+    header += ["total s", "comm s", "dense rounds", "MPI", "link", "best acc", "final acc"]
+    rows = []
+    for r in results:
+        row = [r["method"], str(r["rounds"])]
+        for k, t in enumerate(r["targets"]):
+            ref = fed["targets"][k]["visible_s"] if fed else None
+            row += [str(t["rounds"] or "n/a"), _s(t["s"]), _s(t["visible_s"]),
+                    _ratio(t["visible_s"], ref)]
+        row += [_s(r["total_s"]), _s(r["comm_s"]), str(r["dense_rounds"]),
+                human_bytes(r["mpi_bytes"]), human_bytes(r["link_bytes"]),
+                f"{100 * r['best_acc']:.2f}%", f"{100 * r['final_acc']:.2f}%"]
+        rows.append(row)
     return table(header, rows)
+
+
+def target_checks(results: list[dict], rate: str) -> list[dict]:
+    """The global scope's targets (issue 16), each with what was measured: never slower than
+    FedAvg to either target (at most NOT_SLOWER x its visible seconds); at 100 Mbit/s at least
+    1.5x sooner to the second target, best accuracy within 0.5 points of FedAvg's; at 10 Mbit/s
+    at least 2.5x sooner; Allreduce PowerSGD under global LBGM at least 1.3x sooner than alone."""
+    by = {r["method"]: r for r in results}
+    fed, checks = by.get("fedavg"), []
+    if fed is None:
+        return checks
+    seen = lambda r, k: r["targets"][k]["visible_s"]
+    ratio = lambda a, b: None if a is None or b is None else a / b
+    for r in results:
+        if r["scope"] != "global" or r["algo"] != "lbgm":
+            continue
+        for k, f in enumerate(TARGETS):
+            x = ratio(seen(r, k), seen(fed, k))
+            checks.append({"method": r["method"], "check": f"time to {f:g} x FedAvg's <= "
+                           f"{NOT_SLOWER:g}", "value": x, "ok": x is not None and x <= NOT_SLOWER})
+        need = {"100mbit": 1.5, "10mbit": 2.5}.get(rate)
+        if need:
+            x = ratio(seen(fed, 1), seen(r, 1))
+            checks.append({"method": r["method"], "check": f"{need:g}x sooner than FedAvg to "
+                           f"{SECOND_TARGET:g}", "value": x, "ok": x is not None and x >= need})
+        if rate == "100mbit":
+            gap = 100 * (fed["best_acc"] - r["best_acc"])
+            checks.append({"method": r["method"], "check": "best acc within 0.5 pt of "
+                           "FedAvg's (gap, pt)", "value": gap, "ok": gap <= 0.5})
+    alone, stacked = by.get("allreduce-powersgd"), by.get("allreduce-powersgd+lbgm-global")
+    if alone and stacked:
+        for k, f in enumerate(TARGETS):
+            x = ratio(seen(alone, k), seen(stacked, k))
+            checks.append({"method": stacked["method"], "check": "1.3x sooner than "
+                           f"allreduce-powersgd to {f:g}", "value": x,
+                           "ok": x is not None and x >= 1.3})
+    return checks
+
+
+def checks_table(checks: list[dict]) -> str:
+    return table(["method", "target", "measured", "met"],
+                 [[c["method"], c["check"], "n/a" if c["value"] is None else f"{c['value']:.2f}",
+                   "yes" if c["ok"] else "NO"] for c in checks])
 
 
 def fit_table(model: dict) -> str:
@@ -246,21 +406,63 @@ def fit_summary(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def model_tables(model: dict, ranks: int) -> str:
-    """The model against the measured runs, then its predictions."""
-    check = table(["method", "measured comm s", "model comm s", "error"],
-                  [[c["method"], _s(c["comm_s"]), _s(c["model_s"]), f"{100 * c['error']:+.0f}%"]
-                   for c in model["runs"]])
-    pred = table(["method", "ranks", *[f"{r} (s)" for r in MODEL_RATES]],
-                 [[p["method"], str(p["ranks"]), *[_s(p[r]) for r in MODEL_RATES]]
-                  for p in model["predictions"]])
-    return "\n\n".join([f"MODEL vs measured seconds in collectives ({ranks} ranks, each run's "
-                        "own refreshes):", check,
-                        f"MODEL: predicted seconds to target (one client per rank, rounds to "
-                        f"target as measured at {ranks} ranks):", pred])
+def model_tables(model: dict, ranks: int | None) -> str:
+    """The model against the measured runs (if any), then its predictions."""
+    parts = []
+    if model.get("runs"):
+        parts += [f"MODEL vs measured seconds in collectives ({ranks} ranks, each run's own "
+                  "refreshes):",
+                  table(["method", "measured comm s", "model comm s", "error"],
+                        [[c["method"], _s(c["comm_s"]), _s(c["model_s"]),
+                          f"{100 * c['error']:+.0f}%"] for c in model["runs"]])]
+    heads = [f"{r}: " + " / ".join(f"{f:g}" for f in TARGETS) for r in MODEL_RATES]
+    parts += ["MODEL: predicted seconds to the targets (" + ", ".join(f"{f:g}" for f in TARGETS)
+              + " x FedAvg's best; one client per rank, rounds to each target as measured):",
+              table(["method", "ranks", *heads],
+                    [[p["method"], str(p["ranks"]),
+                      *[" / ".join(_s(x) for x in p.get(f"{r}_targets", [p.get(r)]))
+                        for r in MODEL_RATES]] for p in model["predictions"]])]
+    if model.get("per_round"):
+        per = model["per_round"]
+        methods = list(dict.fromkeys(p["method"] for p in per))
+        cell = {(p["method"], p["ranks"], p["rate"]): p for p in per}
+        parts.append("MODEL: seconds per round, collectives (local work + collectives), one "
+                     "client per rank; refresh and dense-round fractions over every measured "
+                     "round:")
+        for rate in MODEL_RATES:
+            rows = [[m] + [f"{cell[m, n, rate]['comm_s']:.3f} "
+                           f"({cell[m, n, rate]['comm_s'] + cell[m, n, rate]['local_s']:.2f})"
+                           for n in MODEL_RANKS] for m in methods]
+            parts.append(table([rate] + [f"{n} ranks" for n in MODEL_RANKS], rows))
+    if model.get("break_even"):
+        rows = [[b["method"], b["rate"], str(b["ranks"]), f"{b['break_even']:.3f}",
+                 f"{b['measured']:.3f}"] for b in model["break_even"]]
+        parts += ["MODEL: per-client LBGM's break-even refresh fraction (its Allgathervs cost "
+                  "FedAvg's Allreduce) and the measured one:",
+                  table(["method", "rate", "ranks", "break-even", "measured"], rows)]
+    if model.get("global_check"):
+        checks = model["global_check"]
+        rows = [[c["method"], c["baseline"], c["rate"], str(c["ranks"]), f"{c['dense']:.2f}",
+                 f"{c['baseline_s']:.3f}", f"{c['ring_s']:.3f}",
+                 f"{c['ring_s'] / c['baseline_s']:.2f}", f"{c['rd_s']:.3f}",
+                 f"{c['rd_s'] / c['baseline_s']:.2f}"] for c in checks]
+        slower = [c for c in checks if c["ring_s"] > c["baseline_s"]]
+        still = [c for c in checks if c["rd_s"] > c["baseline_s"]]
+        note = (f"slower than its dense-only baseline under the pinned ring in {len(slower)} of "
+                f"{len(checks)} cases (at most {max(c['ring_s'] / c['baseline_s'] for c in slower):.2f}x): "
+                "a ring Allreduce of the record takes as many latency steps, 2 (P - 1), as the "
+                "baseline's whole model; with the record by recursive doubling (ceil(log2 P) "
+                f"steps) in {len(still)}") if slower else \
+            "never slower than its dense-only baseline, the record by the pinned ring"
+        parts += ["MODEL: the global scope's collectives per round (s) against those of the "
+                  "method its dense rounds run, its record Allreduced by the pinned ring and by "
+                  "recursive doubling:",
+                  table(["method", "baseline", "rate", "ranks", "dense", "baseline s", "ring s",
+                         "x", "rec.dbl s", "x"], rows), note]
+    return "\n\n".join(parts)
 
 
-def plot(results: list[dict], target: float | None, args, path: Path) -> None:
+def plot(results: list[dict], targets: list[float | None], args, path: Path) -> None:
     """Accuracy against measured wall-clock seconds and against communication-visible seconds,
     one line per method."""
     import matplotlib
@@ -275,9 +477,10 @@ def plot(results: list[dict], target: float | None, args, path: Path) -> None:
             pts = [(c[key], 100 * c["acc"]) for c in res["curve"] if c["acc"] is not None]
             ax.plot(*zip(*pts), label=res["method"], color=f"C{i}", marker="osD^vP*"[i % 7],
                     markersize=4, markevery=max(1, len(pts) // 15))
-        if target is not None:
-            ax.axhline(100 * target, color="gray", linestyle="--", linewidth=1,
-                       label=f"target {100 * target:.1f}%")
+        for target, style in zip(targets, ("--", ":")):
+            if target is not None:
+                ax.axhline(100 * target, color="gray", linestyle=style, linewidth=1,
+                           label=f"target {100 * target:.1f}%")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
@@ -289,56 +492,126 @@ def plot(results: list[dict], target: float | None, args, path: Path) -> None:
     plt.close(fig)
 
 
-def report_text(args, results, target, alone, model) -> str:
+def report_text(args, results, targets, alone, model) -> str:
     """Everything the benchmark prints, in order."""
-    target_text = f"{100 * target:.2f}%" if target is not None else "none (no FedAvg run)"
+    target_text = ", ".join(f"{100 * t:.2f}% = {f:g}" for t, f in zip(targets, TARGETS)
+                            if t is not None) or "none (no FedAvg run)"
+    fit_from = f" (collective timings of {args.reuse_fit})" if args.reuse_fit else ""
     return "\n\n".join([
         f"command: python {' '.join(sys.argv)}",
         f"{args.ranks} ranks, one per namespace host; every link {args.rate} each way (tc tbf, "
         f"no added delay); Open MPI pins: {' '.join(costmodel.mca_args())}\n"
-        f"target accuracy {target_text} = {TARGET_FRACTION} x FedAvg's best; on one rank "
+        f"target accuracies {target_text} x FedAvg's best; on one rank "
         f"alone, local training of one client takes {alone['train_s']:.3f} s a round and the "
         f"test evaluation {alone['eval_s']:.3f} s",
         "MEASURED (seconds are the root rank's, summed over rounds; start-up and the final "
         "checkpoint excluded):\n"
-        "  s to target / total s: wall-clock, ranks sharing the machine's 2 cores\n"
-        "  visible s to target: the same with each round's local training and evaluation "
+        "  s: wall-clock, ranks sharing the machine's cores\n"
+        "  visible s: the same with each round's local training and evaluation "
         "replaced by the one-rank figures above (what the links cost, with compute as on a "
-        "dedicated core)\n"
-        "  comm s: inside the data collectives; train s: local training; x faster: FedAvg's "
-        "seconds to target / the method's",
+        "dedicated core); x faster: FedAvg's visible seconds to the target / the method's\n"
+        "  comm s: inside the data collectives; dense rounds: rounds with a refresh; MPI: bytes "
+        "handed to MPI by all ranks; link: bytes the busiest rank's link carried",
         measured_table(results),
-        "MODEL of the round cost, fitted on the collective timings below:",
+        "TARGETS of the global scope:",
+        checks_table(target_checks(results, args.rate)),
+        f"MODEL of the round cost, fitted on the collective timings below{fit_from}:",
         fit_table(model),
         model_tables(model, args.ranks),
     ])
 
 
+def reused_points(path: str) -> list[dict]:
+    """The collective timings kept in a results JSON (without the model's figures)."""
+    points = json.loads(Path(path).read_text())["model"]["points"]
+    return [{k: v for k, v in p.items() if k not in ("model_s", "error")} for p in points]
+
+
+def run_profiles(folder: Path, alone: dict) -> dict:
+    """Profiles of the methods of a compare output folder (each OUT/METHOD), at the rank count
+    they ran at, with rounds to TARGETS x that folder's FedAvg best (if it has one)."""
+    folders = {m.name: {"folder": m, "job_s": 0.0} for m in sorted(folder.iterdir())
+               if (m / "summary.json").exists()}
+    ranks = {m: len(load_run(f["folder"]).summary["mpi_bytes_by_rank"])
+             for m, f in folders.items()}
+    out = {}
+    for m, f in folders.items():
+        results, _ = measured({m: f, **({"fedavg": folders["fedavg"]}
+                                        if "fedavg" in folders else {})}, alone, ranks[m])
+        res = results[0]
+        prof = costmodel.profile(res, ranks[m])
+        prof["by_target"] = [costmodel.profile({**res, "rounds_to_target": t["rounds"]},
+                                               ranks[m]) if t["rounds"] else None
+                             for t in res["targets"]]
+        prof["source"] = str(f["folder"])
+        out[m] = prof
+    return out
+
+
+def model_only(args) -> None:
+    """Print (and write OUT.txt/.json when --out is given) the MODEL's predictions from a
+    results JSON's fitted parameters, local seconds and profiles; further JSONs (comma-separated)
+    and --profile-runs add the profiles of methods the first does not have."""
+    sources = [json.loads(Path(f).read_text()) for f in args.model_only.split(",")]
+    params, alone = sources[0]["model"]["params"], sources[0]["one_rank_s"]
+    profiles = {}
+    for data in sources:  # the first file's fit; every file's methods, the first's kept
+        for p in data["model"]["predictions"]:
+            profiles.setdefault(p["method"], p["profile"])
+    if args.profile_runs:
+        for method, prof in run_profiles(Path(args.profile_runs), alone).items():
+            profiles.setdefault(method, prof)
+    model = predict(params, profiles, alone)
+    text = "\n\n".join([f"command: python {' '.join(sys.argv)}",
+                         f"fitted parameters of {args.model_only.split(',')[0]}, profiles of "
+                         f"{args.model_only}"
+                         + (f", profiles of {args.profile_runs}" if args.profile_runs else "")
+                         + f"; local work as on one rank alone: training {alone['train_s']:.3f} s, "
+                         f"evaluation {alone['eval_s']:.3f} s a round",
+                         model_tables(model, None)])
+    print(text)
+    if args.out_given:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".txt").write_text(text + "\n")
+        out.with_suffix(".json").write_text(json.dumps(
+            {"command": f"python {' '.join(sys.argv)}", "source": args.model_only,
+             "profile_runs": args.profile_runs, "params": params, "one_rank_s": alone,
+             "ranks": list(MODEL_RANKS), "rates": list(MODEL_RATES), **model}, indent=1))
+        print(f"wrote {out.with_suffix('.txt')}, .json")
+
+
 def main() -> None:
     args = parse_args()
-    micro_ranks = [int(r) for r in args.micro_ranks.split(",")]
+    if args.model_only:
+        model_only(args)
+        return
+    micro_ranks = [] if args.reuse_fit else [int(r) for r in args.micro_ranks.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-links-") as tmp:
         runs = Path(args.runs or tmp)
         runs.mkdir(parents=True, exist_ok=True)
-        with netns.Hosts(max(args.ranks, *micro_ranks), args.rate, args.prefix,
+        with netns.Hosts(max([args.ranks, *micro_ranks]), args.rate, args.prefix,
                          args.subnet) as hosts:
-            points = measure_collectives(hosts, args, Path(tmp))
+            points = reused_points(args.reuse_fit) if args.reuse_fit \
+                else measure_collectives(hosts, args, Path(tmp))
             folders = {m: train(hosts, args, m, runs) for m in args.methods.split(",")}
         alone = time_one_rank(args, runs)
-        results, target = measured(folders, alone, args.ranks)
+        results, targets = measured(folders, alone, args.ranks)
     model = fit_model(points, results, args.ranks, netns.rate_bits(args.rate), alone)
-    text = report_text(args, results, target, alone, model)
+    text = report_text(args, results, targets, alone, model)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".txt").write_text(text + "\n")
-    plot(results, target, args, out.with_suffix(".png"))
+    plot(results, targets, args, out.with_suffix(".png"))
     record = {"command": f"python {' '.join(sys.argv)}", "config": args.config,
               "overrides": args.overrides, "rate": args.rate, "ranks": args.ranks,
-              "pinned_mca": costmodel.PINNED, "target_acc": target, "one_rank_s": alone,
+              "pinned_mca": costmodel.PINNED, "target_acc": targets[0],
+              "targets": [{"fraction": f, "acc": t} for f, t in zip(TARGETS, targets)],
+              "fit_from": args.reuse_fit, "one_rank_s": alone,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
-              "model": model}
+              "checks": target_checks(results, args.rate), "model": model}
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out.with_suffix('.txt')}, .json, .png")
 
