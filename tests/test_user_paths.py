@@ -45,7 +45,7 @@ def _env() -> dict:
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``lbgm-mpi ARGS`` as one process, no launcher."""
     return subprocess.run([sys.executable, "-m", "lbgm_mpi", *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _errors(stderr: str) -> list[str]:
@@ -249,7 +249,7 @@ BANNER = "exited with non-zero status"
 def test_a_mistyped_command_is_named_in_one_line():
     started = time.monotonic()
     proc = _start("2", "trian", "configs/default.toml")
-    out, err = _finish(proc, 30)
+    _, err = _finish(proc, 30)
     assert proc.returncode == 2 and len(err.splitlines()) == 1, err
     assert "'trian' is neither a command (train or compare) nor a config file" in err
     assert time.monotonic() - started < 10, "mpirun was started"
@@ -259,7 +259,7 @@ def test_a_mistyped_command_is_named_in_one_line():
 def test_a_one_line_error_through_the_launcher_is_one_line(tmp_path):
     proc = _start("2", "train", "configs/default.toml", *FAST, "--set", "clients.count=1",
                   "--out", str(tmp_path / "run"))
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 2, err
     assert len(_errors(err)) == 1 and BANNER not in err, err
     assert not (tmp_path / "run").exists()
@@ -272,7 +272,7 @@ def test_a_stop_through_the_launcher_prints_the_launchers_command_and_no_banner(
                   "--out", str(run))
     _wait_rows(proc, run, 2)
     os.killpg(proc.pid, signal.SIGTERM)
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 75, err
     assert BANNER not in err, err
     stopped = len(read_metrics(run))
@@ -281,7 +281,8 @@ def test_a_stop_through_the_launcher_prints_the_launchers_command_and_no_banner(
     assert words[:4] == ["bash", str(LAUNCHER), "2", "train"], words
     assert words[-4:] == ["--out", str(run), "--resume", "latest"], words
     done = subprocess.run([*words, "--set", f"run.rounds={stopped + 1}", "--quiet"], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=WAIT_S)
+                          env=_env(), capture_output=True, text=True, timeout=WAIT_S,
+                          check=False)
     assert done.returncode == 0, done.stderr
     assert [r["round"] for r in read_metrics(run)] == list(range(1, stopped + 2))
 
@@ -298,7 +299,7 @@ def test_a_second_ctrl_c_through_the_launcher_quits_at_once(tmp_path):
     time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     sent = time.monotonic()
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 130, err
     assert "quitting now, without a checkpoint of this round" in err
     assert time.monotonic() - sent < 10
@@ -311,7 +312,8 @@ def test_non_mpi_commands_neither_start_mpi_nor_name_a_rank(command, tmp_path):
     code = ("import sys; from lbgm_mpi.cli import main; status = main(sys.argv[1:]); "
             "print('mpi4py' in sys.modules, status)")
     done = subprocess.run([sys.executable, "-c", code, command, str(tmp_path / "missing")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.stdout.split() == ["False", "2"], (done.stdout, done.stderr)
     [line] = done.stderr.splitlines()
     assert line.startswith("lbgm-mpi: error: ") and "rank" not in line, line
