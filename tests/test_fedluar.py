@@ -170,7 +170,7 @@ def test_fedluar_bytes_follow_the_formula(runs, np_):
     d = sum(math.prod(s) for s in FAST_SHAPES)
     weight_sizes = {math.prod(s) for s in FAST_SHAPES if len(s) > 1}
     summary = read_summary(runs[np_] / "fedluar")
-    assert summary["num_params"] == d and summary["label"] == "fedluar"
+    assert summary["num_params"] == d and summary["label"] == "fedluar(r=1)"
     assert sum(summary["mpi_bytes_by_rank"]) == summary["total_mpi_bytes"]
     recycled_rounds = 0
     for row in read_metrics(runs[np_] / "fedluar"):

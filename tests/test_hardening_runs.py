@@ -167,9 +167,10 @@ def test_compare_stops_with_a_checkpoint_and_its_advice_continues_it(tmp_path):
     out, err = _finish(proc)
     _assert_stopped_with_checkpoint(proc, out, err, cut / "lbgm")
     advice = shlex.split(err.split("with: ", 1)[1].splitlines()[0])
-    assert advice[:2] == ["lbgm-mpi", "compare"] and advice[-2:] == ["--resume", "latest"]
+    assert advice[:4] == ["bash", str(REPO / "jobs/mpirun-local.sh"), "2", "compare"]
+    assert advice[-2:] == ["--resume", "latest"]
     fedavg_rows = read_metrics(cut / "fedavg")
-    lbgm(2, *advice[1:], timeout=180)
+    lbgm(2, *advice[3:], timeout=180)
     lbgm(2, "compare", "configs/default.toml", *SLOW, *methods, "--out", str(whole))
     assert read_metrics(cut / "fedavg") == fedavg_rows, "a finished method was run again"
     for method in ("fedavg", "lbgm"):

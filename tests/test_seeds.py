@@ -117,7 +117,7 @@ def test_compare_and_report_over_seeds(tmp_path):
             without_timing(read_metrics(tmp_path / "one" / method))
     table = out[out.index("mean ± sample"):out.index("run folders")].strip()
     assert [line.split()[:2] for line in table.splitlines()[3:]] == [["fedavg", "1,3"],
-                                                                     ["lbgm", "1,3"]]
+                                                                     ["lbgm(t=0.2)", "1,3"]]
     assert (tmp_path / "cmp" / "compare_seeds.png").stat().st_size > 0
     folders = sorted(str(p) for p in (tmp_path / "cmp").glob("seed-*/*") if p.is_dir())
     report = lbgm(1, "report", "--seeds", "1,3", *folders, timeout=60).stdout
