@@ -20,7 +20,10 @@ from lbgm_mpi.models.layout import Layout
 from lbgm_mpi.topology import make_topology
 from lbgm_mpi.exchange import make_exchange
 from lbgm_mpi.training.loop import Trainer
-from lbgm_mpi.training.methods import METHODS
+from lbgm_mpi.training.methods import METHODS as ALL_METHODS
+
+# the per-client methods (the global scope's have their own invariants: test_global_invariants)
+METHODS = [m for m, o in ALL_METHODS.items() if o["algo"].get("scope", "client") == "client"]
 
 DETERMINISTIC = ("round", "test_acc", "test_loss", "train_loss", "participants", "refreshes",
                  "scalars", "uplink_bytes", "dense_uplink_bytes", "downlink_bytes", "mpi_bytes")
