@@ -136,7 +136,7 @@ def _param(param: str) -> str:
 
 def frontier() -> str:
     """Per method and setting, the best uplink saving within 3 points of FedAvg's last-5
-    accuracy (the largest in each column in bold)."""
+    accuracy (the largest in each column in bold; "-": not run in that setting)."""
     settings = load("frontier.json")["settings"]
     cols = [s for s in FRONTIER_SETTINGS if s in settings]
     head = ["FedAvg last-5 acc (%)"]
@@ -145,13 +145,16 @@ def frontier() -> str:
         head.append(pm(fed["last_acc_pct"]))
     best = {s: max((f["point"]["uplink_savings_pct"]["mean"] for f in settings[s]["frontier"]
                     if f["point"]), default=None) for s in cols}
-    labels = [f["label"] for f in settings[cols[0]]["frontier"]]
+    labels = list(dict.fromkeys(f["label"] for s in cols for f in settings[s]["frontier"]))
     rows = [head]
     for label in labels:
         row = [label]
         for s in cols:
-            point = next((f["point"] for f in settings[s]["frontier"] if f["label"] == label),
-                         None)
+            entry = next((f for f in settings[s]["frontier"] if f["label"] == label), None)
+            if entry is None:  # not run in this setting
+                row.append("-")
+                continue
+            point = entry["point"]
             if point is None:
                 row.append("none")
                 continue
@@ -249,6 +252,152 @@ def links_predictions() -> str:
     rates = ["100mbit", "1gbit", "10gbit"]
     rows = [[p["method"], p["ranks"]] + [f"{p[r]:.0f}" for r in rates] for p in preds]
     return table(["method", "ranks"] + [RATES[r] for r in rates], rows)
+
+
+# --------------------------------------------------------------------------- the global scope
+
+SKETCH_KINDS = {"gaussian": "random, Gaussian", "student-t3": "random, Student-t (3)",
+                "digits-4": "real: digits, 4 clients", "digits-10": "real: digits, 10 clients",
+                "mnist1d-10": "real: MNIST-1D, 10 clients",
+                "digits-wide": "real: digits, 4 clients, 150k MLP"}
+
+
+def sketch_errors() -> str:
+    """benchmarks/bench_sketch.py: RMS relative error of |r|^2 per width, and sqrt(2/w)."""
+    data = load("sketch.json")
+    rows = [[SKETCH_KINDS.get(k, k), f"{v['d']:,}"] + [f"{e['rms']:.3f}" for e in v["errors"]]
+            for k, v in data["sources"].items()]
+    rows.append(["bound sqrt(2/w)", ""] + [f"{(2 / w) ** 0.5:.3f}" for w in data["widths"]])
+    return table(["residuals", "d"] + [f"w = {w}" for w in data["widths"]], rows)
+
+
+def sketch_decisions() -> str:
+    """Wrong decisions (%) near the threshold, worst over the residual kinds."""
+    data = load("sketch.json")
+    rows = []
+    for t in data["thresholds"]:
+        key = f"{t:g}"
+        per = [src["wrong"][key] for src in data["sources"].values()]
+        n = len(data["widths"])
+        uniform = [max(f[i]["outside_band"] for f in per) for i in range(n)]
+        edges = [max(max(f[i]["edge_below"], f[i]["edge_above"]) for f in per) for i in range(n)]
+        nat = [src["natural"][key] for src in data["sources"].values() if "natural" in src]
+        pairs = sum(x[0]["pairs"] for x in nat)
+        real = []
+        for i in range(n):
+            bad = sum((x[i]["wrong_outside_band"] or 0) * x[i]["decisions_outside_band"]
+                      for x in nat)
+            real.append(bad / sum(x[i]["decisions_outside_band"] for x in nat))
+        rows += [[f"t = {key}", "s uniform outside the band"] + [f"{100 * x:.2f}" for x in uniform],
+                 ["", "s at the band's edges"] + [f"{100 * x:.2f}" for x in edges],
+                 ["", f"real pairs ({pairs})"] + [f"{100 * x:.2f}" for x in real]]
+    return table(["threshold", "true sin^2"] + [f"w = {w}" for w in data["widths"]], rows)
+
+
+def sketch_cost() -> str:
+    """A scalar round against a dense one (m = 3), bytes and modelled seconds at 16 ranks."""
+    rows = []
+    for r in load("sketch.json")["cost"]:
+        if r["sketch"] not in (256, 1024, 4096):
+            continue
+        rows.append([f"{r['d']:,}", str(r["sketch"]), str(r["buckets"]),
+                     human_bytes(r["record_bytes"]), f"{100 * r['bytes_ratio']:.2f}%"]
+                    + [f"{100 * r[rate]['scalar_vs_dense']:.1f}% "
+                       f"({100 * r[rate]['scalar_vs_dense_rd']:.1f}%)"
+                       for rate in ("100mbit", "1gbit")])
+    return table(["d", "algo.sketch", "buckets", "record", "record / dense bytes",
+                  "scalar / dense round, 100 Mbit/s", "1 Gbit/s"], rows)
+
+
+GLOBAL_METHODS = ("lbgm-global-m1", "lbgm-global-m3", "lbgm-global-m10")
+
+
+def frontier_global() -> str:
+    """bench_frontier's global-scope rows: rounds with no dense collective, last-5 accuracy
+    against FedAvg's, uplink saved (mean ± std over 3 seeds)."""
+    settings = load("frontier.json")["settings"]
+    rows = []
+    for s in ("digits-10", "mnist1d-10", "digits-4", "mnist1d-4"):
+        points = settings.get(s, {}).get("points", [])
+        mine = [p for p in points if p["label"] in GLOBAL_METHODS]
+        if not mine:
+            continue
+        fed = settings[s]["global"]["fedavg_last_acc_pct"]  # the FedAvg of the same launch
+        mine.sort(key=lambda p: (GLOBAL_METHODS.index(p["label"]), float(p["param"][2:])))
+        for i, p in enumerate(mine):
+            rows.append([f"{FRONTIER_SETTINGS[s]} (FedAvg {fed:.1f})" if i == 0 else "",
+                         p["label"], p["param"].replace("=", " "), pm(p["scalar_rounds_pct"]),
+                         pm(p["last_acc_pct"]), f"{p['last_acc_pct']['mean'] - fed:+.1f}",
+                         pm(p["uplink_savings_pct"])])
+    return table(["setting (FedAvg last-5 %)", "method", "threshold", "scalar rounds (%)",
+                  "last-5 acc (%)", "vs FedAvg (pt)", "uplink saved (%)"], rows)
+
+
+LINKS_GLOBAL = ("links-global-100mbit.json", "links-global-1gbit.json",
+                "links-global-10mbit.json")
+
+
+def links_global() -> str:
+    """bench_links with the global scope: time to 0.95 and 0.99 x FedAvg's best (visible s)."""
+    rows = []
+    for name in LINKS_GLOBAL:
+        data, fed = _links(name)
+        for r in data["results"]:
+            cells = [RATES[data["rate"]], r["method"], str(r["rounds"]), str(r["dense_rounds"])]
+            for k, t in enumerate(r["targets"]):
+                ref = fed["targets"][k]["visible_s"]
+                cells += [_opt(t["rounds"], str), _opt(t["visible_s"], lambda x: f"{x:.1f}"),
+                          f"{ref / t['visible_s']:.2f}" if t["visible_s"] else "n/a"]
+            cells += [f"{r['comm_s']:.1f}", human_bytes(r["link_bytes"]),
+                      f"{100 * r['best_acc']:.2f}%"]
+            rows.append(cells)
+    return table(["rate", "method", "rounds", "dense rounds", "rounds to 0.95", "visible s",
+                  "x faster", "rounds to 0.99", "visible s", "x faster", "comm s",
+                  "link bytes", "best acc"], rows)
+
+
+def links_global_checks() -> str:
+    """The global scope's targets, each as measured."""
+    rows = []
+    for name in LINKS_GLOBAL:
+        data = load(name)
+        for c in data["checks"]:
+            rows.append([RATES[data["rate"]], c["method"], c["check"],
+                         "n/a" if c["value"] is None else f"{c['value']:.2f}",
+                         "yes" if c["ok"] else "**no**"])
+    return table(["rate", "method", "target", "measured", "met"], rows)
+
+
+def links_global_per_round() -> str:
+    """The cost model's seconds per round in the collectives: a MODEL, not a measurement."""
+    data = load("links-global-model.json")
+    cell = {(p["method"], p["ranks"], p["rate"]): p["comm_s"] for p in data["per_round"]}
+    methods = list(dict.fromkeys(p["method"] for p in data["per_round"]))
+    rows = [[m, str(n)] + [f"{cell[m, n, r]:.3g}" for r in data["rates"]]
+            for m in methods for n in data["ranks"]]
+    return table(["method", "ranks"] + [RATES[r] for r in data["rates"]], rows)
+
+
+def links_global_break_even() -> str:
+    """Per-client LBGM's break-even refresh fraction (MODEL) against the measured one."""
+    data = load("links-global-model.json")
+    even = [b for b in data["break_even"] if b["method"] == "lbgm-model"]
+    cell = {(b["ranks"], b["rate"]): b["break_even"] for b in even}
+    rows = [[str(n)] + [f"{cell[n, r]:.3f}" for r in data["rates"]] for n in data["ranks"]]
+    measured = even[0]["measured"] if even else None
+    return table(["ranks"] + [RATES[r] for r in data["rates"]], rows) + (
+        f"\n\nmeasured refresh fraction of lbgm-model: {measured:.3f}" if measured is not None
+        else "")
+
+
+def links_global_vs_baseline() -> str:
+    """The global scope's collectives per round against its dense-only baseline (MODEL)."""
+    data = load("links-global-model.json")
+    rows = [[c["method"], c["baseline"], RATES[c["rate"]], str(c["ranks"]), f"{c['dense']:.2f}",
+             f"{c['ring_s'] / c['baseline_s']:.2f}", f"{c['rd_s'] / c['baseline_s']:.2f}"]
+            for c in data["global_check"]]
+    return table(["method", "dense rounds run", "rate", "ranks", "dense fraction",
+                  "x baseline (ring record)", "x baseline (rec. doubling record)"], rows)
 
 
 def checkpoint() -> str:
@@ -372,6 +521,10 @@ TABLES = {
     "links-other-rates": (["links-1gbit.json", "links-10mbit.json"], links_other_rates),
     "links-costmodel": (["links-100mbit.json"], links_costmodel),
     "links-predictions": (["links-100mbit.json"], links_predictions),
+    "sketch-errors": (["sketch.json"], sketch_errors),
+    "sketch-decisions": (["sketch.json"], sketch_decisions),
+    "sketch-cost": (["sketch.json"], sketch_cost),
+    "frontier-global": (["frontier.json"], frontier_global),
     "checkpoint": (["checkpoint.json"], checkpoint),
     "scale-memory": (["scale-memory.json"], scale_memory),
     "scale-cpu": (["scale-cpu.json"], scale_cpu),
