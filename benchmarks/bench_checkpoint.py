@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from lbgm_mpi.checkpoint.state import restore
 from lbgm_mpi.comm.mpi import Comm
 from lbgm_mpi.config import load_config
 from lbgm_mpi.training.loop import Trainer
+from lbgm_mpi.training.snapshot import restore
 
 CASES = {
     "default job (mlp on digits, 4 clients)": [],

@@ -12,10 +12,22 @@ import pytest
 import torch
 
 from lbgm_mpi.analysis import plots
-from lbgm_mpi.analysis.report import (compare_table, display_labels, format_phase_table,
-                                      format_table, human_bytes, load_run, phase_table)
-from lbgm_mpi.analysis.subspace import (SubspaceTracker, explained_variance, n_components,
-                                        overlap, principal_directions)
+from lbgm_mpi.analysis.report import (
+    compare_table,
+    display_labels,
+    format_phase_table,
+    format_table,
+    human_bytes,
+    load_run,
+    phase_table,
+)
+from lbgm_mpi.analysis.subspace import (
+    SubspaceTracker,
+    explained_variance,
+    n_components,
+    overlap,
+    principal_directions,
+)
 from lbgm_mpi.models.layout import Layout
 
 
@@ -266,7 +278,7 @@ def figures(monkeypatch):
 
 
 def _thirteen_runs(root):
-    from lbgm_mpi.training.methods import METHODS
+    from lbgm_mpi.runs.methods import METHODS
     assert len(METHODS) >= 13
     return [_write_run(root, name, "fedavg" if name == "fedavg" else "lbgm",
                        [0.1 * (i % 5) + 0.1 * t for t in range(1, 4)], [10 ** (i % 4 + 2)] * 3,

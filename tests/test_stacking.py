@@ -11,16 +11,16 @@ import math
 
 import pytest
 import torch
-
 from conftest import FAST, RANKS, REPO, lbgm, read_metrics, read_summary
+
 from lbgm_mpi.comm.mpi import Comm
 from lbgm_mpi.config import load_config
 from lbgm_mpi.errors import ConfigError
-from lbgm_mpi.models.layout import Layout
-from lbgm_mpi.topology import make_topology
 from lbgm_mpi.exchange import make_exchange
+from lbgm_mpi.models.layout import Layout
+from lbgm_mpi.runs.methods import METHODS as ALL_METHODS
+from lbgm_mpi.topology import make_topology
 from lbgm_mpi.training.loop import Trainer
-from lbgm_mpi.training.methods import METHODS as ALL_METHODS
 
 # the per-client methods (the global scope's have their own invariants: test_global_invariants)
 METHODS = [m for m, o in ALL_METHODS.items() if o["algo"].get("scope", "client") == "client"]

@@ -18,17 +18,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 import torch
-
 from conftest import FAST, REPO, lbgm, mpi_env, read_metrics
 from test_analysis import _write_run
-from test_hardening_errors import _nan_rows, _store
+from test_errors_before_start import _nan_rows, _store
 
 from lbgm_mpi.analysis import plots
 from lbgm_mpi.cli.train import _compare_plan
 from lbgm_mpi.config import ConfigError, load_config, to_toml
-from lbgm_mpi.training import runlock
-from lbgm_mpi.training.methods import METHODS, method_overrides
-from lbgm_mpi.training.runlock import RunLock
+from lbgm_mpi.runs import lock as runlock
+from lbgm_mpi.runs.lock import RunLock
+from lbgm_mpi.runs.methods import METHODS, method_overrides
 
 LAUNCHER = REPO / "jobs" / "mpirun-local.sh"
 SLOW = [*FAST, "--set", "data.synthetic_samples=8000", "--quiet"]  # about 0.15 s a round

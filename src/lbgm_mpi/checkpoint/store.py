@@ -260,3 +260,29 @@ def set_aside_newer(folder: Path, rnd: int) -> list[Path]:
             moved.append(path.with_name(path.name + ".superseded"))
             os.replace(path, moved[-1])
     return moved
+
+
+def json_array(obj) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+
+
+def pack_arrays(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Named arrays as one uint8 array: an 8-byte header length, a JSON header (names, dtypes,
+    shapes), then the arrays' bytes in header order. No pickle."""
+    items = [(name, np.ascontiguousarray(a)) for name, a in arrays.items()]
+    header = json.dumps([[name, a.dtype.str, list(a.shape)] for name, a in items]).encode()
+    parts = [np.array([len(header)], dtype="<i8").view(np.uint8),
+             np.frombuffer(header, dtype=np.uint8)]
+    parts += [a.reshape(-1).view(np.uint8) for _, a in items]
+    return np.concatenate(parts)
+
+
+def unpack_arrays(data: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays ``pack_arrays`` packed (new arrays that do not share ``data``'s memory)."""
+    size = int(data[:8].view("<i8")[0])
+    at, out = 8 + size, {}
+    for name, dtype, shape in json.loads(data[8:at].tobytes()):
+        count = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        out[name] = data[at:at + count].view(dtype).reshape(shape).copy()
+        at += count
+    return out

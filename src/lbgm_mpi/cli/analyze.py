@@ -13,8 +13,8 @@ from pathlib import Path
 
 from lbgm_mpi.config import to_toml
 from lbgm_mpi.errors import UserError
-from lbgm_mpi.training.runlock import make_folder
-from lbgm_mpi.training.runlog import write_file
+from lbgm_mpi.runs.lock import make_folder
+from lbgm_mpi.runs.log import write_file
 
 DEFAULT_EPOCHS = 30
 

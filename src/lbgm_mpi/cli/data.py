@@ -7,7 +7,6 @@ root rank does the work.
 
 from pathlib import Path
 
-
 from lbgm_mpi.errors import UserError
 
 FILE_SETS = ("mnist", "fmnist", "cifar10", "cifar100", "celeba")  # read from --root

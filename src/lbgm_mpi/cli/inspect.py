@@ -3,9 +3,9 @@
 import math
 from pathlib import Path
 
-from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.checkpoint.store import checkpoint_layout, list_checkpoints
 from lbgm_mpi.errors import UserError
+from lbgm_mpi.units import human_bytes
 
 
 def register(sub) -> None:

@@ -185,7 +185,12 @@ def cmd_report(comm, args, spec) -> int:
 def _report_seeds(folders: list[Path], args) -> int:
     """The table over seeds (analysis/seeds.py) of the runs in ``folders``."""
     from lbgm_mpi.analysis.report import load_run
-    from lbgm_mpi.analysis.seeds import format_seed_table, parse_seeds, rows_to_json, seed_table
+    from lbgm_mpi.analysis.seeds import (
+        format_seed_table,
+        parse_seeds,
+        rows_to_json,
+        seed_table,
+    )
     if args.target is not None:
         raise UserError("--target applies to the one-seed table: leave it out with --seeds")
     try:
@@ -199,7 +204,7 @@ def _report_seeds(folders: list[Path], args) -> int:
 
 
 def _report_phases(folders: list[Path], args) -> int:
-    """The per-phase seconds (analysis/report.py, phase_table) of the runs in ``folders``."""
+    """The per-phase seconds (lbgm_mpi.analysis.report.phase_table) of the runs in ``folders``."""
     from lbgm_mpi.analysis.report import format_phase_table, phase_table
     if args.seeds is not None or args.target is not None:
         raise UserError("--phases shows each run's seconds: leave out --seeds and --target")

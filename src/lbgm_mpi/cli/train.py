@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lbgm_mpi.cli.agree import on_every_rank, root_decides
 from lbgm_mpi.errors import AgreedError, UserError
-from lbgm_mpi.training.methods import METHODS, method_overrides
+from lbgm_mpi.runs.methods import METHODS, method_overrides
 
 LAUNCHER_VARIABLE = "LBGM_MPI_LAUNCHER"  # the launcher's own words, e.g. "bash jobs/mpirun-local.sh 4"
 
@@ -135,8 +135,8 @@ def _run_folder(comm, args, out: Path):
 
     A stop becomes exit 75 with the command that continues; a failure that every rank raised
     together (AgreedError) becomes one line from the root and exit 2."""
-    from lbgm_mpi.training.runlock import RunLock
-    from lbgm_mpi.training.signals import PREEMPTED_EXIT_CODE, Preempted, StopFlag
+    from lbgm_mpi.runs.lock import RunLock
+    from lbgm_mpi.runs.signals import PREEMPTED_EXIT_CODE, Preempted, StopFlag
     lock = on_every_rank(comm, lambda: RunLock(out).acquire() if comm.is_root else None)
     try:
         for note in lock.notes() if lock else []:
@@ -158,7 +158,7 @@ def _run_folder(comm, args, out: Path):
 def preflight(comm, specs) -> None:
     """Check each run of ``specs`` (training.preflight) on every rank, before anything is written;
     a UserError on any rank ends every rank with one message."""
-    from lbgm_mpi.training.preflight import check_run
+    from lbgm_mpi.runs.preflight import check_run
     ranks_on_node = comm.node_rank_and_size()[1]
     # a compare over seeds repeats each method's config but for run.seed, which no check reads
     distinct = {s.replace(run={"seed": 0, "label": ""}): s for s in specs}.values()
@@ -183,7 +183,7 @@ def _resume(trainer, resume) -> None:
     """Resume from the checkpoint named by --resume, as the root resolves it (so every rank
     loads the same file), and set aside the checkpoints newer than it; without --resume, insist
     on a folder no other run has used."""
-    from lbgm_mpi.checkpoint.state import resolve
+    from lbgm_mpi.checkpoint.resume import resolve
     from lbgm_mpi.checkpoint.store import set_aside_newer
     comm, folder = trainer.comm, trainer.checkpoint_dir
     if resume is None:

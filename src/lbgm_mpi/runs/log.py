@@ -7,9 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from lbgm_mpi.analysis.report import human_bytes, summarize
 from lbgm_mpi.config import to_toml
 from lbgm_mpi.errors import UserError
+from lbgm_mpi.runs.folder import summarize
+from lbgm_mpi.units import duration, human_bytes
 
 
 def write_file(path: Path, text: str, mode: str = "w") -> None:
@@ -80,16 +81,6 @@ def _line(row: dict) -> str:
     clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
              for k, v in row.items()}
     return json.dumps(clean, allow_nan=False) + "\n"
-
-
-def duration(seconds: float) -> str:
-    """A short duration: "42s", "3m05s", "2h04m"."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class Progress:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from lbgm_mpi.analysis.report import human_bytes
 from lbgm_mpi.errors import ConfigError, UserError
+from lbgm_mpi.units import human_bytes
 
 PER_CLIENT_BYTES = 256  # partition index array, label histogram, placement: Python objects each
 FLOAT_BYTES = 4

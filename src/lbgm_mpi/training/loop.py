@@ -8,22 +8,32 @@ import numpy as np
 import torch
 
 from lbgm_mpi.algorithm.server import ServerOptimizer, participant_weights
-from lbgm_mpi.analysis.report import human_bytes
-from lbgm_mpi.checkpoint.state import BackgroundWriter, restore, save
 from lbgm_mpi.checkpoint.store import CheckpointError, list_checkpoints
+from lbgm_mpi.checkpoint.writer import BackgroundWriter
 from lbgm_mpi.data.datasets import load_dataset, load_train_labels
 from lbgm_mpi.data.partition import label_histograms, partition
 from lbgm_mpi.errors import AgreedError, ConfigError, UserError
+from lbgm_mpi.exchange import make_exchange
 from lbgm_mpi.models import build_model
 from lbgm_mpi.models.layout import flatten, layout_of
+from lbgm_mpi.runs.log import Progress, RunLog
+from lbgm_mpi.runs.resources import (
+    device_peak_bytes,
+    host_peak_bytes,
+    host_shared_bytes,
+    set_precision,
+)
+from lbgm_mpi.runs.signals import Preempted, StopFlag
 from lbgm_mpi.topology import choose_device, make_topology
-from lbgm_mpi.training.client import eval_batch_size, evaluate, local_update, stream_seed
-from lbgm_mpi.exchange import make_exchange
+from lbgm_mpi.training.client import (
+    eval_batch_size,
+    evaluate,
+    local_update,
+    stream_seed,
+)
 from lbgm_mpi.training.phases import PhaseTimer
-from lbgm_mpi.training.resources import (device_peak_bytes, host_peak_bytes, host_shared_bytes,
-                                         set_precision)
-from lbgm_mpi.training.runlog import Progress, RunLog
-from lbgm_mpi.training.signals import Preempted, StopFlag
+from lbgm_mpi.training.snapshot import restore, save
+from lbgm_mpi.units import human_bytes
 
 PARTICIPANT_STREAM = 0x5EED_C11E  # tag of the participant draw in the seed sequence
 

@@ -8,11 +8,11 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from conftest import FAST, REPO, lbgm, mpi_env, tmpfs
+
 from lbgm_mpi.config import load_config
 from lbgm_mpi.errors import UserError
-from lbgm_mpi.training.preflight import check_run
+from lbgm_mpi.runs.preflight import check_run
 
 
 def _one_line(result, *needles):

@@ -4,9 +4,9 @@ left, and in a log (not a terminal) a line at least every minute."""
 import io
 
 import pytest
-
 from conftest import lbgm
-from lbgm_mpi.training.runlog import Progress, duration
+
+from lbgm_mpi.runs.log import Progress, duration
 
 
 def _row(rnd: int) -> dict:
