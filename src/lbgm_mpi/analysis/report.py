@@ -135,6 +135,7 @@ def _row(run: Run, name: str, ref: Run | None, target: float | None, target_sour
         "drop_pt": 100.0 * (ref.summary["best_acc"] - s["best_acc"]) if both else None,
         "uplink_bytes": s["total_uplink_bytes"],
         "mpi_bytes": s["total_mpi_bytes"],
+        "link_bytes": s.get("total_link_bytes"),  # runs from before the link ledger lack it
         "uplink_savings_pct":
             _savings(s["total_uplink_bytes"], ref.summary["total_uplink_bytes"]) if ref else None,
         "mpi_savings_pct":
@@ -178,6 +179,7 @@ _COLUMNS = (
     ("drop vs FedAvg (pt)", "drop_pt", "{:+.2f}".format),
     ("uplink", "uplink_bytes", human_bytes),
     ("MPI", "mpi_bytes", human_bytes),
+    ("link", "link_bytes", human_bytes),
     ("uplink savings (%)", "uplink_savings_pct", "{:.1f}".format),
     ("MPI savings (%)", "mpi_savings_pct", "{:.1f}".format),
     ("uplink to target", "bytes_to_target", human_bytes),
@@ -210,6 +212,8 @@ def format_table(rows: list[dict]) -> str:
     title = (f"uplink to target: cumulative uplink bytes until test accuracy first reaches "
              f"{100.0 * target:.2f}% ({rows[0]['target_source']})" if target is not None
              else "uplink to target: no target accuracy (no FedAvg run and none given)")
+    title += ("\nlink: bytes the busiest rank's network link carried (a ring Allreduce of n bytes: "
+              "2 (P-1)/P n; an Allgatherv: all but its own)")
     unfinished = [row["name"] for row in rows if row["status"]]
     if unfinished:
         lines.append(f"not finished (running, or stopped: figures as of their last round): "
