@@ -35,7 +35,8 @@ def describe(path: Path) -> str:
              f"  round {attrs['round']} of {cfg['run']['rounds']}, written by {attrs['ranks']} "
              f"rank(s); checksum OK",
              f"  algo {cfg['algo']['name']} (threshold {cfg['algo']['threshold']}, "
-             f"{cfg['algo']['granularity']} granularity, compressor {cfg['algo']['compressor']})",
+             f"{cfg['algo']['granularity']} granularity, compressor {cfg['algo']['compressor']}, "
+             f"scope {cfg['algo'].get('scope', 'client')})",
              f"  data {cfg['data']['name']} ({cfg['data']['partition']}), model "
              f"{cfg['model']['name']} with {attrs['num_params']} values, "
              f"{cfg['clients']['count']} clients, seed {cfg['run']['seed']}",
