@@ -60,6 +60,7 @@ PRESETS = {
     # the paper's job at the paper's scale on one GPU node (4 ranks sharing one GPU)
     "paper": {"config": PAPER_CONFIG, "ranks": [4], "clients": [100], "hidden": [None],
               "rounds": 5, "fake_cifar": (50000, 10000),
+              "methods": "fedavg,lbgm,lbgm-global",
               "sets": ["system.device=cuda", "system.allow_gpu_sharing=true",
                        "system.kernels=auto", "run.check_every=0"]},
 }
@@ -108,13 +109,18 @@ class Case:
         return "-".join(str(v) for v in dataclasses.astuple(self))
 
 
+# methods with no per-client bank, and their config: FedAvg, LBGM on the aggregate
+BANKLESS = {"fedavg": ["algo.name=fedavg"],
+            "lbgm-global": ["algo.name=lbgm", "algo.scope=global", "algo.lookback=3"]}
+
+
 def cases(args, preset) -> list[Case]:
-    """Every combination the options ask for; FedAvg, which has no bank, once per (P, K, d)."""
+    """Every combination the options ask for; a bankless method once per (P, K, d)."""
     out = []
     for method, ranks, hidden, clients, bank, dtype in itertools.product(
             args.methods, args.ranks, args.hidden, args.clients, args.banks, args.dtypes):
         case = Case(method, ranks, clients, hidden, bank, dtype)
-        if method == "fedavg":
+        if method in BANKLESS:
             case = dataclasses.replace(case, bank="-", dtype="-")
         if case not in out:
             out.append(case)
@@ -123,11 +129,13 @@ def cases(args, preset) -> list[Case]:
 
 def run_case(preset: dict, args, case: Case, out: Path) -> dict:
     """Train one case; return its row of the table."""
-    sets = [*preset["sets"], *args.sets, f"algo.name={case.method}",
-            f"clients.count={case.clients}", f"run.rounds={args.rounds}",
-            f"run.eval_every={args.rounds}"]
-    if case.method != "fedavg":
-        sets += [f"system.bank={case.bank}", f"system.bank_dtype={case.dtype}"]
+    sets = [*preset["sets"], *args.sets, f"clients.count={case.clients}",
+            f"run.rounds={args.rounds}", f"run.eval_every={args.rounds}"]
+    if case.method in BANKLESS:
+        sets += BANKLESS[case.method]
+    else:
+        sets += [f"algo.name={case.method}", f"system.bank={case.bank}",
+                 f"system.bank_dtype={case.dtype}"]
     if case.hidden is not None:
         sets.append(f"model.hidden={case.hidden}")
     if args.data_root:
@@ -202,7 +210,8 @@ def parse_args():
     p.add_argument("--banks", help="comma-separated: replicated, shared")
     p.add_argument("--dtypes", help="comma-separated: float32, bfloat16")
     p.add_argument("--rounds", type=int)
-    p.add_argument("--methods", help="comma-separated (default fedavg,lbgm)")
+    p.add_argument("--methods", help="comma-separated: fedavg, lbgm, lbgm-global (m = 3) "
+                   "(default fedavg,lbgm; the paper preset adds lbgm-global)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--data-root", help="CIFAR-10 binary files (twin, paper); default: random ones")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run")
