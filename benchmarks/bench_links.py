@@ -289,7 +289,10 @@ def predict(params: dict, profiles: dict, alone: dict) -> dict:
                                               record_op="allreduce-rd")
                     check.append({"method": method, "baseline": base, "ranks": ranks,
                                   "rate": rate, "baseline_s": base_s, "ring_s": comm,
-                                  "rd_s": rd, "dense": prof["dense_all"]})
+                                  "rd_s": rd, "dense": prof["dense_all"],
+                                  "baseline_local_s": costmodel.local_s(profiles[base], alone,
+                                                                        ranks),
+                                  "local_s": costmodel.local_s(prof, alone, ranks)})
             preds.append(row)
     return {"predictions": preds, "per_round": per_round, "break_even": even,
             "global_check": check}
@@ -442,10 +445,14 @@ def model_tables(model: dict, ranks: int | None) -> str:
                   table(["method", "rate", "ranks", "break-even", "measured"], rows)]
     if model.get("global_check"):
         checks = model["global_check"]
+        total = lambda c: (c["local_s"] + c["ring_s"]) / (c["baseline_local_s"]
+                                                          + c["baseline_s"])
         rows = [[c["method"], c["baseline"], c["rate"], str(c["ranks"]), f"{c['dense']:.2f}",
                  f"{c['baseline_s']:.3f}", f"{c['ring_s']:.3f}",
                  f"{c['ring_s'] / c['baseline_s']:.2f}", f"{c['rd_s']:.3f}",
-                 f"{c['rd_s'] / c['baseline_s']:.2f}"] for c in checks]
+                 f"{c['rd_s'] / c['baseline_s']:.2f}",
+                 f"{c['local_s'] - c['baseline_local_s']:+.2f}", f"{total(c):.2f}"]
+                for c in checks]
         slower = [c for c in checks if c["ring_s"] > c["baseline_s"]]
         still = [c for c in checks if c["rd_s"] > c["baseline_s"]]
         note = (f"slower than its dense-only baseline under the pinned ring in {len(slower)} of "
@@ -454,11 +461,16 @@ def model_tables(model: dict, ranks: int | None) -> str:
                 "baseline's whole model; with the record by recursive doubling (ceil(log2 P) "
                 f"steps) in {len(still)}") if slower else \
             "never slower than its dense-only baseline, the record by the pinned ring"
+        local = [c for c in checks if total(c) > 1]
+        note += (f"\nwith local work (local s: the global scope's measured decide and bank "
+                 f"seconds a round beyond the baseline's) slower in {len(local)} of {len(checks)} "
+                 "cases" + (f" (at most {max(total(c) for c in local):.2f}x)" if local else ""))
         parts += ["MODEL: the global scope's collectives per round (s) against those of the "
                   "method its dense rounds run, its record Allreduced by the pinned ring and by "
-                  "recursive doubling:",
+                  "recursive doubling; then its extra local seconds a round and the whole round "
+                  "(ring record) against the baseline's:",
                   table(["method", "baseline", "rate", "ranks", "dense", "baseline s", "ring s",
-                         "x", "rec.dbl s", "x"], rows), note]
+                         "x", "rec.dbl s", "x", "local s", "x round"], rows), note]
     return "\n\n".join(parts)
 
 
