@@ -11,10 +11,7 @@ from lbgm_mpi.algorithm.global_lookback import (CountSketch, GlobalBank, decide_
 from lbgm_mpi.compress.allreduce_powersgd import AllreducePowerSGD
 from lbgm_mpi.config import load_config
 from lbgm_mpi.errors import ConfigError
-from lbgm_mpi.kernels.torch_ops import TorchKernels
 from lbgm_mpi.models.layout import Layout
-
-PROJECT = TorchKernels().project
 
 
 def _segment_rows(bank, s):
@@ -63,15 +60,16 @@ def test_coefficients_and_sketch_are_linear_across_ranks():
     parts = [torch.randn(9000, generator=gen) for _ in range(4)]
 
     def record(x):
-        coefs = bank.coefficients(PROJECT, x)
+        coefs = bank.coefficients(x)
         z = torch.zeros(sketch.size, dtype=torch.float64)
         bank.residual(x, coefs, sketch, z)
         return coefs, z
 
     summed = [sum(t) for t in zip(*map(record, parts))]
     whole = record(sum(parts))
-    assert torch.allclose(summed[0], whole[0], rtol=1e-6, atol=1e-5)
-    assert torch.allclose(summed[1], whole[1], rtol=1e-6, atol=1e-4)
+    # float32 products of blocks: equal to float32 rounding of |x| |q| (~60 here)
+    assert torch.allclose(summed[0], whole[0], rtol=1e-6, atol=1e-4)
+    assert torch.allclose(summed[1], whole[1], rtol=1e-6, atol=1e-3)
     # the middle segment (10 values) is sent exactly: its sketch is the residual itself
     assert sketch.exact(1) and not sketch.exact(0)
     a = sum(parts).double()

@@ -39,11 +39,12 @@ import warnings
 import weakref
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from lbgm_mpi.algorithm.global_lookback import (CountSketch, GlobalBank, decide_global,
+from lbgm_mpi.algorithm.global_lookback import (CountSketch, GlobalBank, _hash, decide_global,
                                                 sketch_widths)
 
 __all__ = ["LBGMHookState", "LBGMHookError", "lbgm_hook", "init_process_group_from_env",
@@ -60,6 +61,31 @@ class LBGMHookError(RuntimeError):
     """A use of the LBGM hook it does not support (the message says what and how to fix it)."""
 
 
+class _CachedSketch(CountSketch):
+    """The global scope's CountSketch, with each block's buckets and signs kept after the first
+    step: CountSketch.add hashes every position afresh at every call, which is most of the hook's
+    work on a CPU (about 90 ms a step for 2.5M values). The same hash, bucket and sign as
+    CountSketch.add (tests/test_ddp.py checks the sketches are equal bit for bit), at 8 bytes a
+    value; the sums are done in the same order, so the sketch has the same bits."""
+
+    def __init__(self, sizes, widths, seed):
+        super().__init__(sizes, widths, seed)
+        self._cache = {}
+
+    def add(self, out: torch.Tensor, s: int, lo: int, x: torch.Tensor) -> None:
+        if self.exact(s):
+            return super().add(out, s, lo, x)
+        base, w = self.offsets[s], self.widths[s]
+        key = (s, lo, len(x), str(x.device))
+        hit = self._cache.get(key)
+        if hit is None:
+            z = _hash(self.keys[s], lo, lo + len(x))
+            bucket = torch.from_numpy(((z >> np.uint64(1)) % np.uint64(w)).astype(np.int32))
+            sign = torch.from_numpy((1.0 - 2.0 * (z & np.uint64(1))).astype(np.float32))
+            hit = self._cache[key] = (bucket.to(x.device), sign.to(x.device))
+        out[base:base + w].index_add_(0, hit[0], x.to(torch.float64) * hit[1])
+
+
 class _Bucket:
     """One DDP bucket's LBGM state: its size, look-back bank and count sketch (identical on every
     rank), this rank's error-feedback residual, and (when known) its parameters' positions in
@@ -69,8 +95,8 @@ class _Bucket:
                  error_feedback: bool, params: list[int] | None, shapes: list[list[int]]):
         self.size, self.params, self.shapes = size, params, shapes
         self.bank = GlobalBank([0, size], lookback, device)
-        self.sketch = CountSketch([size], sketch_widths([size], sketch),
-                                  seed * 1_000_003 + index)
+        self.sketch = _CachedSketch([size], sketch_widths([size], sketch),
+                                    seed * 1_000_003 + index)
         self.residual = torch.zeros(size, dtype=torch.float32, device=device) \
             if error_feedback else None
 
@@ -275,7 +301,7 @@ class LBGMHookState:
         usable = b.bank.usable() if self.threshold > 0 else None
         if usable is not None and bool(usable.any()):
             m = self.lookback
-            coefs = b.bank.coefficients(self._project(), work)
+            coefs = b.bank.coefficients(work)
             record = torch.zeros(m + b.sketch.size, dtype=torch.float64, device=work.device)
             record[:m] = coefs.reshape(-1).to(work.device)
             b.bank.residual(work, coefs, b.sketch, record[m:], keep=b.residual)

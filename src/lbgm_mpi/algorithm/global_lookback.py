@@ -29,7 +29,8 @@ import torch
 
 from lbgm_mpi.algorithm.lbgm import RCOND
 
-BLOCK = 1 << 20       # columns handled at a time: bounds the float64 scratch memory
+BLOCK = 1 << 20       # columns handled at a time: bounds the scratch memory
+CACHE_VALUES = 1 << 24  # a sketch keeps its buckets and signs (5 bytes a value) up to this many
 SKETCH_SHARE = 16     # all segments' sketches together hold at most d / SKETCH_SHARE values
 MIN_WIDTH = 16        # ... but a segment keeps at least this many buckets (or all its values)
 _MASK64 = (1 << 64) - 1
@@ -85,6 +86,9 @@ class CountSketch:
         self.sizes, self.widths = list(sizes), list(widths)
         self.offsets = [0, *itertools.accumulate(widths)]
         self.keys = [_mix((seed, 0x5C37C4, s)) for s in range(len(sizes))]
+        # (segment, lo, length, device) -> (int32 buckets, int8 signs): hashing every position
+        # afresh was most of a round's own work on a CPU (1.3 s for 10M values)
+        self._cache, self._cached = {}, 0
 
     @property
     def size(self) -> int:
@@ -103,10 +107,23 @@ class CountSketch:
         if self.exact(s):
             out[base + lo:base + lo + len(x)] += x
             return
-        z = _hash(self.keys[s], lo, lo + len(x))
-        bucket = torch.from_numpy(((z >> np.uint64(1)) % np.uint64(w)).astype(np.int64))
-        sign = torch.from_numpy(1.0 - 2.0 * (z & np.uint64(1)).astype(np.float64))
-        out[base:base + w].index_add_(0, bucket.to(x.device), x * sign.to(x.device))
+        bucket, sign = self._buckets(s, lo, len(x), x.device)
+        out[base:base + w].index_add_(0, bucket, x * sign)
+
+    def _buckets(self, s: int, lo: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buckets (int32) and signs (int8, +-1) of positions lo .. lo + n of segment s; kept
+        for the next round while the sketch holds at most CACHE_VALUES of them."""
+        key = (s, lo, n, str(device))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        z = _hash(self.keys[s], lo, lo + n)
+        bucket = torch.from_numpy(((z >> np.uint64(1)) % np.uint64(self.widths[s]))
+                                  .astype(np.int32)).to(device)
+        sign = torch.from_numpy((1 - 2 * (z & np.uint64(1)).astype(np.int8))).to(device)
+        if self._cached + n <= CACHE_VALUES:
+            self._cache[key], self._cached = (bucket, sign), self._cached + n
+        return bucket, sign
 
     def norms2(self, sketch: torch.Tensor) -> torch.Tensor:
         """Per segment |z_s|^2 of a float64 sketch (float64, on the host)."""
@@ -141,39 +158,33 @@ class GlobalBank:
         self.count = [0] * (len(bounds) - 1)
         self.coords = [np.zeros((0, lookback)) for _ in self.count]
 
-    def _blocks(self, s: int):
-        """Column ranges [lo, hi) of segment s, narrow enough that m rows of one block in float64
-        take at most 8 BLOCK bytes."""
-        start, end, step = self.bounds[s], self.bounds[s + 1], max(4096, BLOCK // self.m)
-        return [(lo, min(lo + step, end)) for lo in range(start, end, step)]
+    def _blocks(self, s: int, width: int = BLOCK):
+        """Column ranges [lo, hi) of segment s, at most ``width`` wide."""
+        start, end = self.bounds[s], self.bounds[s + 1]
+        return [(lo, min(lo + width, end)) for lo in range(start, end, width)]
 
     def _span(self, c: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """sum_j c_j rows[j, lo:hi] in float64 (c: the first len(c) rows' coefficients)."""
-        q = self.rows[:len(c), lo:hi].to(torch.float64)
-        return c.to(q.device) @ q
+        """sum_j c_j rows[j, lo:hi] (c: the first len(c) rows' coefficients), float32."""
+        return c.to(self.rows.device, torch.float32) @ self.rows[:len(c), lo:hi]
 
     def _dots(self, s: int, x: torch.Tensor) -> torch.Tensor:
-        """<x, q_j> for segment s's rows in use (x: d values, or just the segment's), float64."""
+        """<x, q_j> for segment s's rows in use (x: d values, or just the segment's): float32
+        products of blocks, summed in float64 (one pass over x and the rows)."""
         shift = self.bounds[s] if len(x) != self.bounds[-1] else 0
         out = torch.zeros(self.count[s], dtype=torch.float64)
         for lo, hi in self._blocks(s):
-            q = self.rows[:self.count[s], lo:hi].to(torch.float64)
-            out += (q @ x[lo - shift:hi - shift].to(torch.float64)).cpu()
+            out += (self.rows[:self.count[s], lo:hi] @ x[lo - shift:hi - shift]).double().cpu()
         return out
 
     def usable(self) -> torch.Tensor:
         """Per segment: whether the bank has a direction for it."""
         return torch.tensor([n > 0 for n in self.count], dtype=torch.bool)
 
-    def coefficients(self, project, x: torch.Tensor) -> torch.Tensor:
-        """L x m float64 coefficients <x_s, q_j> (0 for unused rows); ``project`` is a kernel
-        back end's projection (per-segment dots, float64). ``x`` is not changed."""
-        bounds = torch.tensor(self.bounds, dtype=torch.int64)
+    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        """L x m float64 coefficients <x_s, q_j> (0 for unused rows). ``x`` is not changed."""
         out = torch.zeros(len(self.count), self.m, dtype=torch.float64)
-        for j in range(max(self.count, default=0)):
-            dots = project(x, self.rows[j], bounds)[0]
-            used = torch.tensor([j < n for n in self.count])
-            out[:, j] = torch.where(used, dots, 0.0)
+        for s, n in enumerate(self.count):
+            out[s, :n] = self._dots(s, x)
         return out
 
     def residual(self, x: torch.Tensor, coefs: torch.Tensor, sketch: CountSketch,
@@ -183,7 +194,7 @@ class GlobalBank:
         for s in range(len(self.count)):
             c = coefs[s, :self.count[s]]
             for lo, hi in self._blocks(s):
-                r = x[lo:hi].to(torch.float64) - self._span(c, lo, hi)
+                r = x[lo:hi] - self._span(c, lo, hi)
                 sketch.add(out, s, lo - self.bounds[s], r)
                 if keep is not None:
                     keep[lo:hi].copy_(r)
@@ -207,18 +218,17 @@ class GlobalBank:
         row = self.rows[n]
         c = self._dots(s, a)
         for lo, hi in self._blocks(s):
-            row[lo:hi].copy_(a[lo - start:hi - start].to(torch.float64) - self._span(c, lo, hi))
+            row[lo:hi].copy_(a[lo - start:hi - start] - self._span(c, lo, hi))
         extra = self._dots(s, row)  # orthogonalise twice: float32 rounding lets some through
         for lo, hi in self._blocks(s):
-            row[lo:hi].copy_(row[lo:hi].to(torch.float64) - self._span(extra, lo, hi))
+            row[lo:hi].sub_(self._span(extra, lo, hi))
         c += extra
         norm = float(torch.linalg.vector_norm(row[start:self.bounds[s + 1]], dtype=torch.float64))
         scale = float(torch.linalg.vector_norm(a, dtype=torch.float64))
         new = np.zeros(self.m)
         new[:n] = c.numpy()
         if norm > 0 and norm > RCOND ** 0.5 * scale:
-            for lo, hi in self._blocks(s):
-                row[lo:hi].copy_(row[lo:hi].to(torch.float64) / norm)
+            row[start:self.bounds[s + 1]].div_(norm)
             new[n] = norm
             self.count[s] = n + 1
         else:  # the aggregate lies in the span: no new direction
@@ -232,10 +242,10 @@ class GlobalBank:
         n = self.count[s]
         _, sv, vt = np.linalg.svd(kept[:, :n], full_matrices=False)
         rank = int((sv > RCOND * sv.max()).sum()) if sv.size and sv.max() > 0 else 0
-        v = torch.from_numpy(np.ascontiguousarray(vt[:rank].T))  # n x rank
-        for lo, hi in self._blocks(s):
-            block = self.rows[:n, lo:hi].to(torch.float64)
-            self.rows[:rank, lo:hi].copy_(v.T.to(block.device) @ block)
+        vt32 = torch.from_numpy(np.ascontiguousarray(vt[:rank])).to(self.rows.device,
+                                                                     torch.float32)
+        for lo, hi in self._blocks(s, max(4096, BLOCK // self.m)):
+            self.rows[:rank, lo:hi] = vt32 @ self.rows[:n, lo:hi]  # a new block, then copied
             self.rows[rank:n, lo:hi].zero_()
         self.count[s] = rank
         out = np.zeros((len(kept), self.m))

@@ -79,7 +79,7 @@ def global_exchange(spec, comm, topology, layout, device="cpu", timer=None) -> G
     bounds, scalar_ok = segments(spec, layout)
     powersgd = AllreducePowerSGD(layout, algo.rank, spec.run.seed, device) \
         if algo.compressor == "powersgd" else None
-    return GlobalExchange(comm, topology, select_kernels(spec.system.kernels), bounds.tolist(),
+    return GlobalExchange(comm, topology, bounds.tolist(),
                           algo.lookback, algo.sketch, spec.run.seed,
                           schedule(spec) if algo.name == "lbgm" else None, scalar_ok,
                           algo.error_feedback, powersgd, device, timer)

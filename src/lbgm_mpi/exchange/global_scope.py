@@ -40,12 +40,12 @@ class GlobalExchange(Exchange):
     threshold (None: never a scalar, as for allreduce-powersgd alone); ``powersgd`` (or None)
     replaces the dense Allreduce of refreshing rounds."""
 
-    def __init__(self, comm, topology, kernels, bounds: list[int], lookback: int, sketch: int,
+    def __init__(self, comm, topology, bounds: list[int], lookback: int, sketch: int,
                  seed: int, schedule, scalar_ok: torch.Tensor | None = None,
                  error_feedback: bool = False, powersgd: AllreducePowerSGD | None = None,
                  device="cpu", timer=None):
         super().__init__(topology, timer=timer)
-        self.comm, self.kernels, self.device = comm, kernels, device
+        self.comm, self.device = comm, device
         self.bounds, self.d = list(bounds), bounds[-1]
         self.sizes = [hi - lo for lo, hi in zip(bounds, bounds[1:])]
         self.schedule, self.powersgd = schedule, powersgd
@@ -101,7 +101,7 @@ class GlobalExchange(Exchange):
             return torch.ones(len(self.sizes), dtype=torch.bool), None, None, 0
         L, m = len(self.sizes), self.global_bank.m
         with self.timer("decide"):
-            coefs = self.global_bank.coefficients(self.kernels.project, partial[:self.d])
+            coefs = self.global_bank.coefficients(partial[:self.d])
             record = torch.zeros(1 + L * m + self.sketch.size, dtype=torch.float64,
                                  device=self.device)
             record[0] = float(partial[self.d])
