@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from conftest import REPO, run_mpi
+from lbgm_mpi.algorithm.global_lookback import CountSketch, sketch_widths
 from lbgm_mpi.ddp import (DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT, LBGMHookError, LBGMHookState,
-                          _launcher_env)
+                          _CachedSketch, _launcher_env)
 
 WORKER = str(REPO / "tests" / "ddp" / "worker.py")
+EXAMPLE = str(REPO / "examples" / "ddp_train.py")
 TIMEOUT_S = 150
 
 
@@ -64,6 +66,27 @@ def test_state_round_trip_before_training():
     assert other.state_dict() == saved
     with pytest.raises(LBGMHookError, match="version"):
         other.load_state_dict({**saved, "version": 99})
+
+
+def test_cached_sketch_is_the_global_scopes_sketch():
+    """The hook's sketch keeps each block's buckets and signs: the same sketch, bit for bit, as
+    the global scope's CountSketch, block by block, at every call (identity-sketched segments
+    included)."""
+    sizes = [5000, 40, 70000]
+    widths = sketch_widths(sizes, 512)
+    ref, mine = CountSketch(sizes, widths, 11), _CachedSketch(sizes, widths, 11)
+    assert mine.exact(1) and not mine.exact(0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        a = torch.zeros(ref.size, dtype=torch.float64)
+        b = a.clone()
+        for s, n in enumerate(sizes):
+            for lo in range(0, n, 3000):
+                x = torch.randn(min(3000, n - lo), generator=gen)
+                ref.add(a, s, lo, x)
+                mine.add(b, s, lo, x)
+        assert torch.equal(a, b)
+        assert torch.equal(ref.norms2(a), mine.norms2(b))
 
 
 # ---- 2 and 4 processes ------------------------------------------------------------------------
@@ -141,3 +164,21 @@ def test_state_of_another_world_size_or_rank_is_refused(tmp_path, monkeypatch):
     res = worker(2, "group", tmp_path / "r.json", monkeypatch, "--threshold", "0.5")
     assert "saved by a process group of 3 processes; this one has 2" in res["size_error"]
     assert "this is rank 0, the LBGM hook state was saved by rank 1" in res["rank_error"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("hook", ["allreduce", "fp16", "powersgd", "lbgm"])
+def test_example_counts_the_bytes_each_hook_hands_over(hook, tmp_path, monkeypatch):
+    """examples/ddp_train.py computes the bytes of torch's hooks from the bucket sizes (and the
+    LBGM hook's from its counters): --check-bytes also counts what reaches dist.all_reduce and
+    fails on any difference."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    out = tmp_path / "run.json"
+    res = run_mpi(2, [EXAMPLE, "--hook", hook, "--hidden", "256", "--epochs", "2",
+                      "--start-iter", "3", "--threshold", "0.9", "--check-bytes",
+                      "--json", str(out)], timeout=TIMEOUT_S)
+    assert "bytes check:" in res.stdout
+    epochs = json.loads(out.read_text())["epochs"]
+    assert len(epochs) == 2 and epochs[-1]["test_acc"] > 0.8
+    if hook == "lbgm":
+        assert epochs[-1]["scalar_buckets"] > 0
