@@ -22,6 +22,7 @@ epoch and resumes from them when they are there.
 """
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -285,6 +286,10 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"args": vars(args), "params": params,
                                                "world_size": world, "epochs": records},
                                               indent=1))
+    # free DDP (its reducer holds gloo work and the process group) while the interpreter is
+    # alive: left to the interpreter's teardown, gloo's threads can abort the process
+    del ddp, opt, state
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
     return 0

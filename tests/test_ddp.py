@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_mpi
-from lbgm_mpi.algorithm.global_lookback import CountSketch, sketch_widths
 from lbgm_mpi.ddp import (DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT, LBGMHookError, LBGMHookState,
-                          _CachedSketch, _launcher_env)
+                          _launcher_env)
 
 WORKER = str(REPO / "tests" / "ddp" / "worker.py")
 EXAMPLE = str(REPO / "examples" / "ddp_train.py")
@@ -66,27 +65,6 @@ def test_state_round_trip_before_training():
     assert other.state_dict() == saved
     with pytest.raises(LBGMHookError, match="version"):
         other.load_state_dict({**saved, "version": 99})
-
-
-def test_cached_sketch_is_the_global_scopes_sketch():
-    """The hook's sketch keeps each block's buckets and signs: the same sketch, bit for bit, as
-    the global scope's CountSketch, block by block, at every call (identity-sketched segments
-    included)."""
-    sizes = [5000, 40, 70000]
-    widths = sketch_widths(sizes, 512)
-    ref, mine = CountSketch(sizes, widths, 11), _CachedSketch(sizes, widths, 11)
-    assert mine.exact(1) and not mine.exact(0)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        a = torch.zeros(ref.size, dtype=torch.float64)
-        b = a.clone()
-        for s, n in enumerate(sizes):
-            for lo in range(0, n, 3000):
-                x = torch.randn(min(3000, n - lo), generator=gen)
-                ref.add(a, s, lo, x)
-                mine.add(b, s, lo, x)
-        assert torch.equal(a, b)
-        assert torch.equal(ref.norms2(a), mine.norms2(b))
 
 
 # ---- 2 and 4 processes ------------------------------------------------------------------------

@@ -39,12 +39,11 @@ import warnings
 import weakref
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from lbgm_mpi.algorithm.global_lookback import (CountSketch, GlobalBank, _hash, decide_global,
+from lbgm_mpi.algorithm.global_lookback import (CountSketch, GlobalBank, decide_global,
                                                 sketch_widths)
 
 __all__ = ["LBGMHookState", "LBGMHookError", "lbgm_hook", "init_process_group_from_env",
@@ -61,31 +60,6 @@ class LBGMHookError(RuntimeError):
     """A use of the LBGM hook it does not support (the message says what and how to fix it)."""
 
 
-class _CachedSketch(CountSketch):
-    """The global scope's CountSketch, with each block's buckets and signs kept after the first
-    step: CountSketch.add hashes every position afresh at every call, which is most of the hook's
-    work on a CPU (about 90 ms a step for 2.5M values). The same hash, bucket and sign as
-    CountSketch.add (tests/test_ddp.py checks the sketches are equal bit for bit), at 8 bytes a
-    value; the sums are done in the same order, so the sketch has the same bits."""
-
-    def __init__(self, sizes, widths, seed):
-        super().__init__(sizes, widths, seed)
-        self._cache = {}
-
-    def add(self, out: torch.Tensor, s: int, lo: int, x: torch.Tensor) -> None:
-        if self.exact(s):
-            return super().add(out, s, lo, x)
-        base, w = self.offsets[s], self.widths[s]
-        key = (s, lo, len(x), str(x.device))
-        hit = self._cache.get(key)
-        if hit is None:
-            z = _hash(self.keys[s], lo, lo + len(x))
-            bucket = torch.from_numpy(((z >> np.uint64(1)) % np.uint64(w)).astype(np.int32))
-            sign = torch.from_numpy((1.0 - 2.0 * (z & np.uint64(1))).astype(np.float32))
-            hit = self._cache[key] = (bucket.to(x.device), sign.to(x.device))
-        out[base:base + w].index_add_(0, hit[0], x.to(torch.float64) * hit[1])
-
-
 class _Bucket:
     """One DDP bucket's LBGM state: its size, look-back bank and count sketch (identical on every
     rank), this rank's error-feedback residual, and (when known) its parameters' positions in
@@ -95,8 +69,8 @@ class _Bucket:
                  error_feedback: bool, params: list[int] | None, shapes: list[list[int]]):
         self.size, self.params, self.shapes = size, params, shapes
         self.bank = GlobalBank([0, size], lookback, device)
-        self.sketch = _CachedSketch([size], sketch_widths([size], sketch),
-                                    seed * 1_000_003 + index)
+        self.sketch = CountSketch([size], sketch_widths([size], sketch),
+                                  seed * 1_000_003 + index)
         self.residual = torch.zeros(size, dtype=torch.float32, device=device) \
             if error_feedback else None
 
@@ -120,7 +94,6 @@ class LBGMHookState:
     error_feedback: keep each rank's part the scalar reconstruction missed, add it next step;
     sketch: count-sketch buckets of the residual per DDP bucket (at most numel / 16);
     seed: of the count sketch (the same on every rank);
-    kernels: a lbgm_mpi.kernels back end (None: "auto" on CUDA, torch otherwise);
     keep_history: record (iteration, bucket, "scalar"/"dense"/"allreduce", sin^2) per bucket.
 
     Counters (``counters()``, also attributes), all this rank's: bytes handed to the collectives
@@ -130,7 +103,7 @@ class LBGMHookState:
 
     def __init__(self, process_group=None, threshold: float = 0.2, lookback: int = 3,
                  start_iter: int = 10, error_feedback: bool = True, sketch: int = 1024,
-                 seed: int = 0, kernels=None, keep_history: bool = False):
+                 seed: int = 0, keep_history: bool = False):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold = {threshold}: a sin^2 bound, between 0 and 1")
         if lookback < 1:
@@ -143,7 +116,6 @@ class LBGMHookState:
         self.process_group = process_group
         self.threshold, self.lookback, self.start_iter = float(threshold), lookback, start_iter
         self.error_feedback, self.sketch, self.seed = error_feedback, sketch, seed
-        self.kernels = kernels
         self.world_size = self.rank = None
         if process_group is not None or (dist.is_available() and dist.is_initialized()):
             self._bind(self._group())
@@ -226,14 +198,6 @@ class LBGMHookState:
                                 f"{self.world_size} processes; the hook now runs on one of "
                                 f"{group.size()}: build a new LBGMHookState for it")
         return group
-
-    def _project(self):
-        if self.kernels is None:
-            from lbgm_mpi.kernels import select_kernels
-            from lbgm_mpi.kernels.torch_ops import TorchKernels
-            self.kernels = select_kernels("auto") if torch.cuda.is_available() \
-                else TorchKernels()
-        return self.kernels.project
 
     def _number(self, params: list) -> None:
         """Number the parameters by their position in DDP's first, one-bucket layout (the model's

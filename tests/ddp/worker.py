@@ -15,6 +15,7 @@ writes what the test checks as JSON to --out. Modes:
 """
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -189,8 +190,12 @@ def main():
         result["launcher"] = info.launcher
         result["world_size"] = info.world_size
         Path(args.out).write_text(json.dumps(result))
+    # DDP's reducer and gloo's pending work hold tensors and the process group: free them while
+    # the interpreter is alive (at its teardown gloo's threads can abort the process)
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+    gc.collect()
     return 0
 
 
