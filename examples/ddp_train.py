@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -296,4 +297,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # gloo's threads can abort the interpreter's teardown after destroy_process_group ("terminate
+    # called without an active exception"): everything is printed and saved, so end here
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
