@@ -18,13 +18,8 @@ class FedAvgExchange(Exchange):
 
     def __call__(self, participants, weights, updates, rnd):
         """Return (delta, RoundTraffic); ``updates`` maps this rank's participants to (g, loss)."""
-        buf = torch.zeros(self.d + 1, dtype=torch.float32, device=self.device)
         with self.timer("aggregate"):
-            for k in sorted(updates):
-                g, loss = updates[k]
-                w = float(weights[k])
-                buf[:self.d].add_(g, alpha=w)
-                buf[self.d] += w * loss
+            buf = weighted_sum(self.d, weights, updates, self.device)
         total = self.comm.allreduce_tensor(buf)
         dense = len(participants) * self.d * FLOAT_BYTES
         traffic = RoundTraffic(refreshes=len(participants), uplink_bytes=dense,
@@ -32,3 +27,14 @@ class FedAvgExchange(Exchange):
                                train_loss=float(total[self.d]))
         return total[:self.d], traffic
 
+
+def weighted_sum(d: int, weights, updates, device="cpu") -> torch.Tensor:
+    """This rank's weighted sum of its participants' updates and, as value d, of their losses:
+    a new d + 1 float32 vector, summed in client-id order (``updates``: client -> (g, loss))."""
+    buf = torch.zeros(d + 1, dtype=torch.float32, device=device)
+    for k in sorted(updates):
+        g, loss = updates[k]
+        w = float(weights[k])
+        buf[:d].add_(g, alpha=w)
+        buf[d] += w * loss
+    return buf

@@ -30,6 +30,7 @@ from lbgm_mpi.algorithm.global_lookback import (CountSketch, GlobalBank, decide_
                                                 sketch_widths)
 from lbgm_mpi.compress.allreduce_powersgd import AllreducePowerSGD
 from lbgm_mpi.exchange.base import FLOAT_BYTES, Exchange, RoundTraffic
+from lbgm_mpi.exchange.fedavg import weighted_sum
 
 RESIDUAL = "ef_residual"  # a rank's error-feedback residual, in its rank state
 
@@ -81,13 +82,8 @@ class GlobalExchange(Exchange):
     def _partial(self, weights, updates) -> torch.Tensor:
         """This rank's weighted sum of updates (+ residual) and weighted loss: d + 1 float32,
         summed in the order dense FedAvg sums them."""
-        buf = torch.zeros(self.d + 1, dtype=torch.float32, device=self.device)
         with self.timer("aggregate"):
-            for k in sorted(updates):
-                g, loss = updates[k]
-                w = float(weights[k])
-                buf[:self.d].add_(g, alpha=w)
-                buf[self.d] += w * loss
+            buf = weighted_sum(self.d, weights, updates, self.device)
             if self.residual is not None:
                 buf[:self.d].add_(self.residual)
         return buf
