@@ -3,6 +3,10 @@
     python benchmarks/bench_links.py [--rate 100mbit] [--ranks 4] [--config configs/links-10m.toml]
         [--methods fedavg,lbgm-model,lbgm-layer,ef-powersgd,ef-powersgd+lbgm] [--set k=v ...]
         [--reuse-fit benchmarks/results/links-100mbit.json] [--out benchmarks/results/links-100mbit]
+    python benchmarks/bench_links.py --topology star [--rate 1gbit] [--uplink 20mbit]
+        [--downlink 100mbit] [--server shared|dedicated]
+        [--methods fedavg@star,fedavg,lbgm-model@star,topk+lbgm@star,lbgm-global-m10] ...
+        [--out benchmarks/results/links-star]
     python benchmarks/bench_links.py --model-only benchmarks/results/links-100mbit.json[,MORE.json]
         [--profile-runs DIR] [--out PREFIX]   (the MODEL's predictions from results; runs nothing)
 
@@ -25,6 +29,15 @@ per round (local work + collectives) of every method, per-client LBGM's break-ev
 --model-only prints them from a results JSON's fit and profiles without running anything;
 --profile-runs adds the profiles of the methods in a `compare` output folder (any rank count:
 only their refresh / dense-round fractions and bytes are used for the seconds per round).
+
+Split links (--uplink / --downlink, and --topology star): the server host h0 (rank 0) at --rate
+both ways, every other host at --uplink up and --downlink down (benchmarks/links/shaping.py).
+A method spec NAME@star runs `compare --methods NAME --set system.topology=star` (and
+system.server=SERVER with --server); a plain NAME runs the replicated topology on the same links.
+The targets are then fractions of FedAvg-in-the-star's best accuracy (the method fedavg@star),
+the report adds every rank's link bytes up and down and the star's target check (STAR_SPEEDUP),
+and the MODEL predicts each method at MODEL_RANKS on the link shapes of STAR_SHAPES
+(benchmarks/links/starmodel.py): which topology and method reaches each target first.
 """
 
 import argparse
@@ -43,6 +56,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 import costmodel  # noqa: E402
 import netns  # noqa: E402
+import shaping  # noqa: E402
+import starmodel  # noqa: E402
 import timeline  # noqa: E402
 from lbgm_mpi.algorithm.global_lookback import sketch_widths  # noqa: E402
 from lbgm_mpi.analysis.report import (  # noqa: E402
@@ -55,14 +70,32 @@ MODEL_RANKS = (16, 64, 256)
 MODEL_RATES = ("10mbit", "100mbit", "1gbit", "10gbit")
 NOT_SLOWER = 1.05  # the global scope's time to a target: at most this x FedAvg's
 BANDWIDTH_BOUND_S = 0.05  # collective timings at least this long are reported by relative error
+# --topology star: its defaults, and the issue's target (per-client LBGM in the star at least
+# STAR_SPEEDUP x sooner than FedAvg in the same star to the first target, best accuracy within
+# STAR_GAP_PT points of FedAvg's)
+STAR_METHODS = "fedavg@star,fedavg,lbgm-model@star,topk+lbgm@star,lbgm-global-m10"
+STAR_RATES = {"rate": "1gbit", "uplink": "20mbit", "downlink": "100mbit"}
+STAR_SPEEDUP, STAR_GAP_PT = 1.8, 1.0
+TOPOLOGIES = ("replicated", "star")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rate", default="100mbit", help="link rate, as tc writes it (10mbit, 1gbit)")
+    p.add_argument("--rate", default=None, help="link rate, as tc writes it (10mbit, 1gbit; "
+                   "default 100mbit); with split links, the server host's (default 1gbit)")
+    p.add_argument("--topology", choices=["star"], default=None,
+                   help="star: split links (server --rate, clients --uplink / --downlink) and "
+                        f"the star's methods (default {STAR_METHODS})")
+    p.add_argument("--uplink", default=None, help="every client host's uplink (h1...; default "
+                   "with --topology star: 20mbit); splits the links")
+    p.add_argument("--downlink", default=None, help="every client host's downlink (default "
+                   "with --topology star: 100mbit); splits the links")
+    p.add_argument("--server", choices=["shared", "dedicated"], default=None,
+                   help="system.server of the NAME@star methods (default: the config's)")
     p.add_argument("--ranks", type=int, default=4, help="MPI ranks, one per host")
     p.add_argument("--config", default="configs/links-10m.toml")
-    p.add_argument("--methods", default=METHODS, help="comma-separated `compare` methods")
+    p.add_argument("--methods", default=None, help="comma-separated `compare` methods, each "
+                   "NAME or NAME@star (default " + METHODS + ")")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="config override for every method (repeatable)")
     p.add_argument("--micro-ranks", default="2,4,8",
@@ -87,9 +120,65 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-runs", default=None, metavar="DIR",
                    help="with --model-only: also model the methods of this compare folder")
     args = p.parse_args(argv)
+    star = args.topology == "star"
+    if star:
+        for key, value in STAR_RATES.items():
+            setattr(args, key, getattr(args, key) or value)
+    args.rate = args.rate or "100mbit"
+    args.split = None
+    if args.uplink or args.downlink:
+        args.split = shaping.Split(args.rate, args.uplink or args.rate,
+                                   args.downlink or args.rate)
+    args.methods = args.methods or (STAR_METHODS if star else METHODS)
+    for spec in args.methods.split(","):
+        method_spec(spec)  # an unknown topology fails before any host is built
     args.out_given = args.out is not None
-    args.out = args.out or f"benchmarks/results/links-{args.rate}"
+    args.out = args.out or ("benchmarks/results/links-star" if star
+                            else f"benchmarks/results/links-{args.rate}")
     return args
+
+
+def method_spec(spec: str) -> tuple[str, str]:
+    """(method, topology) of a --methods entry: NAME (replicated) or NAME@TOPOLOGY."""
+    name, _, topology = spec.partition("@")
+    topology = topology or "replicated"
+    if topology not in TOPOLOGIES:
+        raise SystemExit(f"--methods: {spec!r}: the topology after @ is one of "
+                         f"{', '.join(TOPOLOGIES)}")
+    return name, topology
+
+
+def topology_sets(args, spec: str) -> list[str]:
+    """The --set overrides a method spec adds: system.topology (and system.server) for @star."""
+    _, topology = method_spec(spec)
+    if topology == "replicated":
+        return []
+    sets = [f"system.topology={topology}"]
+    if args.server:
+        sets.append(f"system.server={args.server}")
+    return sets
+
+
+def make_hosts(args, count: int):
+    """The namespace hosts: every link at --rate both ways, or split (shaping.SplitHosts)."""
+    if args.split:
+        return shaping.SplitHosts(count, args.split, args.prefix, args.subnet)
+    return netns.Hosts(count, args.rate, args.prefix, args.subnet)
+
+
+def links_text(args) -> str:
+    if args.split:
+        return args.split.describe()
+    return f"every link {args.rate} each way"
+
+
+def model_links(args) -> starmodel.Links:
+    """The run's links in bits/s, for the models."""
+    if args.split:
+        return starmodel.Links(*(netns.rate_bits(r) for r in (args.split.server, args.split.up,
+                                                                args.split.down)))
+    bits = netns.rate_bits(args.rate)
+    return starmodel.Links(bits, bits, bits)
 
 
 def child_env() -> dict:
@@ -132,24 +221,29 @@ def measure_collectives(hosts, args, work: Path) -> list[dict]:
             print(f"  collectives at {rate}, {ranks} ranks: {seconds:.0f} s", file=sys.stderr)
             points += [dict(p, rate=rate, rate_bits=hosts.rate_bits)
                        for p in json.loads(out.read_text())]
-    hosts.shape(args.rate)
+    if args.split:
+        hosts.restore()
+    else:
+        hosts.shape(args.rate)
     return points
 
 
-def _compare(args, method: str, out: Path) -> list[str]:
-    """The command line of `lbgm-mpi compare` for one method, with every --set."""
-    sets = [a for o in args.overrides for a in ("--set", o)]
-    return [sys.executable, "-m", "lbgm_mpi", "compare", args.config, "--methods", method,
-            "--out", str(out), "--quiet", *sets]
+def _compare(args, spec: str, out: Path) -> list[str]:
+    """The command line of `lbgm-mpi compare` for one method spec (NAME or NAME@TOPOLOGY), with
+    every --set, then the topology's."""
+    sets = [a for o in args.overrides + topology_sets(args, spec) for a in ("--set", o)]
+    return [sys.executable, "-m", "lbgm_mpi", "compare", args.config, "--methods",
+            method_spec(spec)[0], "--out", str(out), "--quiet", *sets]
 
 
-def train(hosts, args, method: str, runs: Path) -> dict:
-    """Train ``method`` on --ranks hosts; return its run folder and the launch's wall seconds."""
-    argv = _compare(args, method, runs / method)
+def train(hosts, args, spec: str, runs: Path) -> dict:
+    """Train the method ``spec`` on --ranks hosts; return its run folder and the launch's wall
+    seconds."""
+    argv = _compare(args, spec, runs / spec)
     seconds = launch(hosts.mpirun(args.ranks, argv, runs / "hostfile", costmodel.mca_args()),
-                     runs / f"{method}.log", args.timeout)
-    print(f"  {method}: {seconds:.0f} s", file=sys.stderr)
-    return {"folder": runs / method / method, "job_s": seconds}
+                     runs / f"{spec}.log", args.timeout)
+    print(f"  {spec}: {seconds:.0f} s", file=sys.stderr)
+    return {"folder": runs / spec / method_spec(spec)[0], "job_s": seconds}
 
 
 def time_one_rank(args, runs: Path) -> dict:
@@ -190,16 +284,23 @@ def method_result(method: str, run, job_s: float, alone: dict, ranks: int,
         hits.append({"target_acc": target, "rounds": rounds_hit, "s": wall_hit,
                      "visible_s": seen_hit})
     total = lambda key: sum(r[key] for r in rows)
-    scope = (run.config or {}).get("algo.scope", "client")
+    cfg = run.config or {}
+    scope = cfg.get("algo.scope", "client")
     out = {
         "method": method, "label": run.label, "algo": s["algo"], "compressor": s["compressor"],
-        "scope": scope, "num_params": s["num_params"], "rounds": len(rows),
+        "scope": scope, "topology": cfg.get("system.topology", "replicated"),
+        "server": cfg.get("system.server", "shared"), "lookback": cfg.get("algo.lookback", 1),
+        "clients": cfg.get("clients.count"), "placement": cfg.get("clients.placement", "cyclic"),
+        "num_params": s["num_params"], "rounds": len(rows),
         "rounds_to_target": hits[0]["rounds"], "s_to_target": hits[0]["s"],
         "visible_s_to_target": hits[0]["visible_s"], "targets": hits,
         "total_s": wall[-1], "visible_total_s": seen[-1], "job_s": job_s,
         "comm_s": total("comm_s"), "train_s": total("train_s"), "decide_s": total("decide_s"),
         "mpi_bytes": s["total_mpi_bytes"], "link_bytes": total("link_bytes"),
         "dense_rounds": sum(r["refreshes"] > 0 for r in rows),
+        # bytes each rank's link carried out and in (the trainer's ledger; None before it had one)
+        "link_up_by_rank": s.get("link_up_bytes_by_rank"),
+        "link_down_by_rank": s.get("link_down_bytes_by_rank"),
         "best_acc": s["best_acc"], "final_acc": s["final_acc"],
         "curve": [{"round": r["round"], "s": w, "visible_s": v, "acc": r["test_acc"]}
                   for r, w, v in zip(rows, wall, seen)],
@@ -210,31 +311,111 @@ def method_result(method: str, run, job_s: float, alone: dict, ranks: int,
     return out
 
 
+def reference_method(specs) -> str | None:
+    """The method spec whose best accuracy sets the targets: FedAvg in the star where one ran
+    (fedavg@star), else None (``fedavg_reference`` finds the replicated FedAvg run)."""
+    return next((m for m in specs if method_spec(m) == ("fedavg", "star")), None)
+
+
 def measured(folders: dict, alone: dict, ranks: int) -> tuple[list[dict], list[float | None]]:
-    """Rows for every method, and the target accuracies (TARGETS x FedAvg's best)."""
+    """Rows for every method, and the target accuracies (TARGETS x the reference's best: FedAvg
+    in the star where it ran, else the FedAvg run)."""
     runs = {m: load_run(f["folder"]) for m, f in folders.items()}
-    ref = fedavg_reference(list(runs.values()))
+    star = reference_method(runs)
+    ref = runs[star] if star else fedavg_reference(list(runs.values()))
     targets = [f * ref.summary["best_acc"] if ref else None for f in TARGETS]
     return [method_result(m, runs[m], folders[m]["job_s"], alone, ranks, targets)
             for m in folders], targets
 
 
-def fit_model(points: list[dict], results: list[dict], ranks: int, rate_bits: float,
-              alone: dict) -> dict:
+def fit_model(points: list[dict], results: list[dict], ranks: int, links: starmodel.Links,
+              alone: dict, split: bool = False) -> dict:
     """The round-cost MODEL: fitted parameters, its error on the points it was fitted on, its
-    error on the measured runs' collective seconds, and its predictions (``predict``)."""
+    error on the measured runs' collective seconds, and its predictions (``predict``; on split
+    links ``predict_split``, which also keeps every method's profile)."""
     params = costmodel.fit(points)
     check, profiles = [], {}
     for res in results:
-        prof = profiles[res["method"]] = costmodel.profile(res, ranks)
-        prof["by_target"] = [costmodel.profile({**res, "rounds_to_target": t["rounds"]}, ranks)
+        prof = profiles[res["method"]] = starmodel.profile(res, ranks)
+        prof["by_target"] = [starmodel.profile({**res, "rounds_to_target": t["rounds"]}, ranks)
                              if t["rounds"] else None for t in res["targets"]]
-        model_s = sum(costmodel.row_comm(params, r, prof["kind"], ranks, rate_bits, prof)
-                      for r in res["rows"])
+        model_s = sum(measured_row_comm(params, r, prof, res, ranks, links) for r in res["rows"])
         check.append({"method": res["method"], "comm_s": res["comm_s"], "model_s": model_s,
                       "error": model_s / res["comm_s"] - 1.0})
+    predictions = predict_split(params, profiles, alone, links) if split \
+        else predict(params, profiles, alone)
     return {"params": params, "points": costmodel.fit_errors(params, points), "runs": check,
-            **predict(params, profiles, alone)}
+            **predictions}
+
+
+def measured_row_comm(params: dict, row: dict, prof: dict, res: dict, ranks: int,
+                      links: starmodel.Links) -> float:
+    """Modelled seconds in the exchange of one measured round (a ring paced by the slowest
+    direction of any link; the star by starmodel)."""
+    if prof["kind"] in starmodel.STAR_KINDS:
+        host = starmodel.hosts(res["clients"], ranks, res["placement"], res["server"])
+        return starmodel.row_comm(params, row, prof, ranks, links, host)
+    return costmodel.row_comm(params, row, prof["kind"], ranks, links.slowest, prof)
+
+
+# the link shapes of the split MODEL (bits/s: server, client up, client down): the measured
+# one is added first; symmetric cluster links, then slow client uplinks into a fast server
+STAR_SHAPES = tuple(starmodel.Links(*x) for x in (
+    (1e8, 1e8, 1e8), (1e9, 1e9, 1e9), (1e10, 1e10, 1e10),
+    (1e9, 2e7, 1e8), (1e10, 2e7, 1e8), (1e10, 1e8, 1e9)))
+
+
+def predict_split(params: dict, profiles: dict, alone: dict,
+                  measured_links: starmodel.Links | None = None) -> dict:
+    """The MODEL of every profiled method, star and replicated, at MODEL_RANKS on each link
+    shape of STAR_SHAPES (the measured one first), one client per rank:
+      topology_table: seconds to each of TARGETS per method, and the first to each (winner);
+      star_per_round: seconds per round in the exchange (refresh fraction of every round);
+      star_break_even: the refresh fraction per client at which a star gather method's round
+        costs FedAvg-in-the-star's (None without a FedAvg-in-the-star profile)."""
+    shapes = list(dict.fromkeys(([measured_links] if measured_links else []) + list(STAR_SHAPES)))
+    fed = next((p for p in profiles.values() if p["kind"] == "star-allreduce"), None)
+    table, per_round, even = [], [], []
+    for links in shapes:
+        for ranks in MODEL_RANKS:
+            row = {"links": links.label(), "bits": [links.server, links.up, links.down],
+                   "ranks": ranks, "seconds": {}, "winner": []}
+            for method, prof in profiles.items():
+                row["seconds"][method] = [
+                    None if t is None else starmodel.time_to_target(params, t, alone, ranks, links)
+                    for t in prof.get("by_target", [prof])]
+                per_round.append({"links": links.label(), "ranks": ranks, "method": method,
+                                  "comm_s": starmodel.round_comm(params, prof, ranks, links,
+                                                                 every=True),
+                                  "local_s": costmodel.local_s(prof, alone, ranks)})
+                if fed is not None and prof["kind"] == "star-gather":
+                    even.append({"links": links.label(), "ranks": ranks, "method": method,
+                                 "measured": prof["refresh_all"],
+                                 "break_even": star_break_even(params, prof, fed, ranks, links)})
+            for k in range(len(TARGETS)):
+                done = {m: s[k] for m, s in row["seconds"].items()
+                        if k < len(s) and s[k] is not None}
+                row["winner"].append(min(done, key=done.get) if done else None)
+            table.append(row)
+    return {"topology_table": table, "star_per_round": per_round, "star_break_even": even,
+            "profiles": profiles}
+
+
+def star_break_even(params: dict, prof: dict, fed: dict, ranks: int,
+                    links: starmodel.Links) -> float:
+    """The refresh fraction per client at which ``prof``'s star round costs ``fed``'s (FedAvg
+    in the star); 0 if even no refresh costs more, 1 if every refresh costs less (bisection)."""
+    target = starmodel.star_round(params, fed, ranks, links)
+    cost = lambda f: starmodel.star_round(params, {**prof, "refresh": f}, ranks, links)
+    if cost(0.0) >= target:
+        return 0.0
+    if cost(1.0) <= target:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(mid) < target else (lo, mid)
+    return (lo + hi) / 2
 
 
 def baseline(profiles: dict, prof: dict) -> str | None:
@@ -317,9 +498,10 @@ def _ratio(x, ref) -> str:
     return "n/a" if x is None or ref is None else f"{ref / x:.2f}x"
 
 
-def measured_table(results: list[dict]) -> str:
-    """Measured figures; "x" compares seconds to a target with FedAvg's (visible seconds)."""
-    fed = next((r for r in results if r["method"] == "fedavg"), None)
+def measured_table(results: list[dict], reference: str = "fedavg") -> str:
+    """Measured figures; "x" compares seconds to a target with the ``reference`` method's
+    (FedAvg's; visible seconds)."""
+    fed = next((r for r in results if r["method"] == reference), None)
     header = ["method", "rounds"]
     for f in TARGETS:
         header += [f"to {f:g}: rounds", "s", "visible s", "x faster"]
@@ -375,10 +557,54 @@ def target_checks(results: list[dict], rate: str) -> list[dict]:
     return checks
 
 
+def star_checks(results: list[dict], reference: str) -> list[dict]:
+    """The star's target: every per-client LBGM method in the star (no compressor) reaches the
+    first target at least STAR_SPEEDUP x sooner than FedAvg in the same star (visible seconds;
+    the wall-clock ratio beside it), its best accuracy within STAR_GAP_PT points of FedAvg's."""
+    by = {r["method"]: r for r in results}
+    fed, checks = by.get(reference), []
+    if fed is None:
+        return checks
+    for r in results:
+        if r["topology"] != "star" or r["algo"] != "lbgm" or r["compressor"] != "none":
+            continue
+        t, f = r["targets"][0], fed["targets"][0]
+        x = None if t["visible_s"] is None else f["visible_s"] / t["visible_s"]
+        wall = None if t["s"] is None else f["s"] / t["s"]
+        checks.append({"method": r["method"], "check": f"{STAR_SPEEDUP:g}x sooner than "
+                       f"{reference} to {TARGET_FRACTION:g} (visible s; wall-clock in brackets)",
+                       "value": x, "wall": wall, "ok": x is not None and x >= STAR_SPEEDUP})
+        gap = 100 * (fed["best_acc"] - r["best_acc"])
+        checks.append({"method": r["method"], "check": f"best acc within {STAR_GAP_PT:g} pt of "
+                       f"{reference}'s (gap, pt)", "value": gap, "ok": gap <= STAR_GAP_PT})
+    return checks
+
+
+def bytes_by_rank_table(results: list[dict]) -> str:
+    """Every rank's link bytes out / in (the trainer's per-rank ledger), per method."""
+    ranks = max((len(r["link_up_by_rank"] or []) for r in results), default=0)
+    if not ranks:
+        return ("n/a: these runs' summary.json has no per-rank link ledger "
+                "(link_up_bytes_by_rank, link_down_bytes_by_rank)")
+    rows = []
+    for r in results:
+        up, down = r["link_up_by_rank"], r["link_down_by_rank"]
+        rows.append([r["method"]] + [
+            "n/a" if up is None or down is None
+            else f"{human_bytes(up[k])} / {human_bytes(down[k])}" for k in range(ranks)])
+    return table(["method"] + [f"rank {k}: up / down" for k in range(ranks)], rows)
+
+
 def checks_table(checks: list[dict]) -> str:
+    value = lambda c: ("n/a" if c["value"] is None else f"{c['value']:.2f}") + (
+        "" if "wall" not in c else f" ({_s2(c['wall'])})")
     return table(["method", "target", "measured", "met"],
-                 [[c["method"], c["check"], "n/a" if c["value"] is None else f"{c['value']:.2f}",
-                   "yes" if c["ok"] else "NO"] for c in checks])
+                 [[c["method"], c["check"], value(c), "yes" if c["ok"] else "NO"]
+                  for c in checks])
+
+
+def _s2(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def fit_table(model: dict) -> str:
@@ -474,6 +700,51 @@ def model_tables(model: dict, ranks: int | None) -> str:
     return "\n\n".join(parts)
 
 
+def split_model_tables(model: dict, ranks: int | None, reference: str | None) -> str:
+    """The model against the measured runs (if any), then its predictions on every link shape
+    (``predict_split``): seconds to the targets with the winner, the winners alone, seconds
+    per round, and the star's break-even refresh fraction."""
+    parts = []
+    if model.get("runs"):
+        parts += [f"MODEL vs measured seconds in the exchange ({ranks} ranks, each run's own "
+                  "refreshes; the star's: which clients refreshed drawn at random):",
+                  table(["method", "measured comm s", "model comm s", "error"],
+                        [[c["method"], _s(c["comm_s"]), _s(c["model_s"]),
+                          f"{100 * c['error']:+.0f}%"] for c in model["runs"]])]
+    rows = model["topology_table"]
+    methods = list(dict.fromkeys(m for r in rows for m in r["seconds"]))
+    goals = " / ".join(f"{f:g}" for f in TARGETS)
+    parts += [f"MODEL: predicted seconds to {goals} x {reference or 'FedAvg'}'s best, and the "
+              "first to each (one client per rank, the rounds to each target as measured; "
+              "S: the server host's link both ways, U / D: every client host's up / down; "
+              "rings paced by the slowest direction):",
+              table(["links", "ranks", *methods, *[f"first to {f:g}" for f in TARGETS]],
+                    [[r["links"], str(r["ranks"]),
+                      *[" / ".join(_s(x) for x in r["seconds"][m]) for m in methods],
+                      *[w or "none" for w in r["winner"]]] for r in rows])]
+    shapes = list(dict.fromkeys(r["links"] for r in rows))
+    cell = {(r["links"], r["ranks"]): r for r in rows}
+    parts += ["MODEL: which topology and method reaches the targets first (" + goals + "):",
+              table(["links"] + [f"{n} ranks" for n in MODEL_RANKS],
+                    [[shape] + [" / ".join(w or "none" for w in cell[shape, n]["winner"])
+                                for n in MODEL_RANKS] for shape in shapes])]
+    per = {(p["links"], p["ranks"], p["method"]): p for p in model["star_per_round"]}
+    parts.append("MODEL: seconds per round in the exchange (local work + exchange), refresh "
+                 "fractions of every measured round:")
+    for shape in shapes:
+        parts.append(table([shape] + [f"{n} ranks" for n in MODEL_RANKS],
+                           [[m] + [f"{per[shape, n, m]['comm_s']:.3f} "
+                                   f"({per[shape, n, m]['comm_s'] + per[shape, n, m]['local_s']:.2f})"
+                                   for n in MODEL_RANKS] for m in methods]))
+    if model.get("star_break_even"):
+        parts += ["MODEL: the refresh fraction per client at which a gather method's star round "
+                  "costs FedAvg-in-the-star's, and the measured one:",
+                  table(["method", "links", "ranks", "break-even", "measured"],
+                        [[b["method"], b["links"], str(b["ranks"]), f"{b['break_even']:.3f}",
+                          f"{b['measured']:.3f}"] for b in model["star_break_even"]])]
+    return "\n\n".join(parts)
+
+
 def plot(results: list[dict], targets: list[float | None], args, path: Path) -> None:
     """Accuracy against measured wall-clock seconds and against communication-visible seconds,
     one line per method."""
@@ -498,7 +769,7 @@ def plot(results: list[dict], targets: list[float | None], args, path: Path) -> 
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(loc="lower right")
     fig.suptitle(f"Test accuracy against wall-clock time: {args.ranks} ranks, one per host, "
-                 f"links shaped to {args.rate}")
+                 + (args.split.describe() if args.split else f"links shaped to {args.rate}"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -506,14 +777,16 @@ def plot(results: list[dict], targets: list[float | None], args, path: Path) -> 
 
 def report_text(args, results, targets, alone, model) -> str:
     """Everything the benchmark prints, in order."""
+    reference = reference_method(r["method"] for r in results)
     target_text = ", ".join(f"{100 * t:.2f}% = {f:g}" for t, f in zip(targets, TARGETS)
                             if t is not None) or "none (no FedAvg run)"
     fit_from = f" (collective timings of {args.reuse_fit})" if args.reuse_fit else ""
-    return "\n\n".join([
+    server = f"; the star's server: {args.server}" if args.server else ""
+    head = [
         f"command: python {' '.join(sys.argv)}",
-        f"{args.ranks} ranks, one per namespace host; every link {args.rate} each way (tc tbf, "
-        f"no added delay); Open MPI pins: {' '.join(costmodel.mca_args())}\n"
-        f"target accuracies {target_text} x FedAvg's best; on one rank "
+        f"{args.ranks} ranks, one per namespace host; {links_text(args)} (tc tbf, "
+        f"no added delay){server}; Open MPI pins: {' '.join(costmodel.mca_args())}\n"
+        f"target accuracies {target_text} x {reference or 'FedAvg'}'s best; on one rank "
         f"alone, local training of one client takes {alone['train_s']:.3f} s a round and the "
         f"test evaluation {alone['eval_s']:.3f} s",
         "MEASURED (seconds are the root rank's, summed over rounds; start-up and the final "
@@ -521,10 +794,23 @@ def report_text(args, results, targets, alone, model) -> str:
         "  s: wall-clock, ranks sharing the machine's cores\n"
         "  visible s: the same with each round's local training and evaluation "
         "replaced by the one-rank figures above (what the links cost, with compute as on a "
-        "dedicated core); x faster: FedAvg's visible seconds to the target / the method's\n"
-        "  comm s: inside the data collectives; dense rounds: rounds with a refresh; MPI: bytes "
-        "handed to MPI by all ranks; link: bytes the busiest rank's link carried",
-        measured_table(results),
+        f"dedicated core); x faster: {reference or 'FedAvg'}'s visible seconds to the target / "
+        "the method's\n"
+        "  comm s: inside the data collectives (the star's sends and receives); dense rounds: "
+        "rounds with a refresh; MPI: bytes handed to MPI by all ranks; link: bytes the busiest "
+        "rank's link carried (its busier direction, summed over rounds)",
+        measured_table(results, reference or "fedavg")]
+    if args.split:
+        return "\n\n".join(head + [
+            "LINK BYTES of every rank (what its link carried out / in, all rounds; rank 0 runs "
+            "on the server host h0):",
+            bytes_by_rank_table(results),
+            "TARGET of the star:",
+            checks_table(star_checks(results, reference or "fedavg")),
+            f"MODEL of the round cost, fitted on the collective timings below{fit_from}:",
+            fit_table(model),
+            split_model_tables(model, args.ranks, reference)])
+    return "\n\n".join(head + [
         "TARGETS of the global scope:",
         checks_table(target_checks(results, args.rate)),
         f"MODEL of the round cost, fitted on the collective timings below{fit_from}:",
@@ -551,13 +837,20 @@ def run_profiles(folder: Path, alone: dict) -> dict:
         results, _ = measured({m: f, **({"fedavg": folders["fedavg"]}
                                         if "fedavg" in folders else {})}, alone, ranks[m])
         res = results[0]
-        prof = costmodel.profile(res, ranks[m])
-        prof["by_target"] = [costmodel.profile({**res, "rounds_to_target": t["rounds"]},
+        prof = starmodel.profile(res, ranks[m])
+        prof["by_target"] = [starmodel.profile({**res, "rounds_to_target": t["rounds"]},
                                                ranks[m]) if t["rounds"] else None
                              for t in res["targets"]]
         prof["source"] = str(f["folder"])
         out[m] = prof
     return out
+
+
+def saved_profiles(model: dict) -> dict:
+    """Every method's profile in a results JSON's model (split links keep them in "profiles")."""
+    if "profiles" in model:
+        return dict(model["profiles"])
+    return {p["method"]: p["profile"] for p in model["predictions"]}
 
 
 def model_only(args) -> None:
@@ -568,19 +861,31 @@ def model_only(args) -> None:
     params, alone = sources[0]["model"]["params"], sources[0]["one_rank_s"]
     profiles = {}
     for data in sources:  # the first file's fit; every file's methods, the first's kept
-        for p in data["model"]["predictions"]:
-            profiles.setdefault(p["method"], p["profile"])
+        for method, prof in saved_profiles(data["model"]).items():
+            profiles.setdefault(method, prof)
     if args.profile_runs:
         for method, prof in run_profiles(Path(args.profile_runs), alone).items():
             profiles.setdefault(method, prof)
-    model = predict(params, profiles, alone)
+    # split links: the measured shape of the first JSON that has one, or --uplink / --downlink
+    split = next((d for d in sources if d.get("links")), None)
+    star = any(p["kind"] in starmodel.STAR_KINDS for p in profiles.values())
+    if split or star or args.split:
+        links = model_links(args) if args.split else None
+        if links is None and split:
+            links = starmodel.Links(*(netns.rate_bits(split["links"][k])
+                                      for k in ("server", "up", "down")))
+        model = predict_split(params, profiles, alone, links)
+        tables = split_model_tables(model, None, split.get("reference") if split else None)
+    else:
+        model = predict(params, profiles, alone)
+        tables = model_tables(model, None)
     text = "\n\n".join([f"command: python {' '.join(sys.argv)}",
                          f"fitted parameters of {args.model_only.split(',')[0]}, profiles of "
                          f"{args.model_only}"
                          + (f", profiles of {args.profile_runs}" if args.profile_runs else "")
                          + f"; local work as on one rank alone: training {alone['train_s']:.3f} s, "
                          f"evaluation {alone['eval_s']:.3f} s a round",
-                         model_tables(model, None)])
+                         tables])
     print(text)
     if args.out_given:
         out = Path(args.out)
@@ -602,14 +907,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-links-") as tmp:
         runs = Path(args.runs or tmp)
         runs.mkdir(parents=True, exist_ok=True)
-        with netns.Hosts(max([args.ranks, *micro_ranks]), args.rate, args.prefix,
-                         args.subnet) as hosts:
+        with make_hosts(args, max([args.ranks, *micro_ranks])) as hosts:
             points = reused_points(args.reuse_fit) if args.reuse_fit \
                 else measure_collectives(hosts, args, Path(tmp))
+            qdiscs = hosts.qdiscs() if args.split else None
             folders = {m: train(hosts, args, m, runs) for m in args.methods.split(",")}
         alone = time_one_rank(args, runs)
         results, targets = measured(folders, alone, args.ranks)
-    model = fit_model(points, results, args.ranks, netns.rate_bits(args.rate), alone)
+    model = fit_model(points, results, args.ranks, model_links(args), alone, bool(args.split))
     text = report_text(args, results, targets, alone, model)
     print(text)
     out = Path(args.out)
@@ -624,6 +929,13 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
               "checks": target_checks(results, args.rate), "model": model}
+    if args.split:
+        reference = reference_method(args.methods.split(","))
+        record.update(
+            topology=args.topology, server=args.server, reference=reference,
+            links={"server": args.split.server, "up": args.split.up, "down": args.split.down,
+                   "qdiscs": qdiscs},
+            checks=star_checks(results, reference or "fedavg"))
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(f"wrote {out.with_suffix('.txt')}, .json, .png")
 
