@@ -5,7 +5,8 @@
         [--reuse-fit benchmarks/results/links-100mbit.json] [--out benchmarks/results/links-100mbit]
     python benchmarks/bench_links.py --topology star [--rate 1gbit] [--uplink 20mbit]
         [--downlink 100mbit] [--server shared|dedicated]
-        [--methods fedavg@star,fedavg,lbgm-model@star,topk+lbgm@star,lbgm-global-m10] ...
+        [--methods fedavg@star,fedavg,lbgm-model@star,lbgm-m3@star,topk+lbgm@star,
+                   lbgm-global-m10] [--config benchmarks/links/star.toml] ...
         [--out benchmarks/results/links-star]
     python benchmarks/bench_links.py --model-only benchmarks/results/links-100mbit.json[,MORE.json]
         [--profile-runs DIR] [--out PREFIX]   (the MODEL's predictions from results; runs nothing)
@@ -73,8 +74,9 @@ BANDWIDTH_BOUND_S = 0.05  # collective timings at least this long are reported b
 # --topology star: its defaults, and the target (per-client LBGM in the star at least
 # STAR_SPEEDUP x sooner than FedAvg in the same star to the first target, best accuracy within
 # STAR_GAP_PT points of FedAvg's)
-STAR_METHODS = "fedavg@star,fedavg,lbgm-model@star,topk+lbgm@star,lbgm-global-m10"
+STAR_METHODS = "fedavg@star,fedavg,lbgm-model@star,lbgm-m3@star,topk+lbgm@star,lbgm-global-m10"
 STAR_RATES = {"rate": "1gbit", "uplink": "20mbit", "downlink": "100mbit"}
+STAR_CONFIG = "benchmarks/links/star.toml"
 STAR_SPEEDUP, STAR_GAP_PT = 1.8, 1.0
 TOPOLOGIES = ("replicated", "star")
 
@@ -93,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--server", choices=["shared", "dedicated"], default=None,
                    help="system.server of the NAME@star methods (default: the config's)")
     p.add_argument("--ranks", type=int, default=4, help="MPI ranks, one per host")
-    p.add_argument("--config", default="configs/links-10m.toml")
+    p.add_argument("--config", default=None, help="default configs/links-10m.toml; with "
+                   f"--topology star, {STAR_CONFIG}")
     p.add_argument("--methods", default=None, help="comma-separated `compare` methods, each "
                    "NAME or NAME@star (default " + METHODS + ")")
     p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -125,6 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         for key, value in STAR_RATES.items():
             setattr(args, key, getattr(args, key) or value)
     args.rate = args.rate or "100mbit"
+    args.config = args.config or (STAR_CONFIG if star else "configs/links-10m.toml")
     args.split = None
     if args.uplink or args.downlink:
         args.split = shaping.Split(args.rate, args.uplink or args.rate,

@@ -102,6 +102,7 @@ def test_star_arguments_and_method_specs():
     args = bench.parse_args(["--topology", "star"])
     assert (args.split.server, args.split.up, args.split.down) == ("1gbit", "20mbit", "100mbit")
     assert args.methods == bench.STAR_METHODS and args.out == "benchmarks/results/links-star"
+    assert args.config == bench.STAR_CONFIG == "benchmarks/links/star.toml"
     assert bench.reference_method(args.methods.split(",")) == "fedavg@star"
     assert bench.method_spec("topk+lbgm@star") == ("topk+lbgm", "star")
     assert bench.method_spec("lbgm-global-m10") == ("lbgm-global-m10", "replicated")
@@ -113,6 +114,7 @@ def test_star_arguments_and_method_specs():
     plain = bench.parse_args([])  # the symmetric benchmark, as before
     assert plain.split is None and plain.rate == "100mbit"
     assert plain.methods == bench.METHODS and plain.out == "benchmarks/results/links-100mbit"
+    assert plain.config == "configs/links-10m.toml"
     with pytest.raises(SystemExit):
         bench.parse_args(["--methods", "fedavg@ring"])
 
