@@ -193,6 +193,8 @@ class System:
     bank: str = "replicated"  # replicated (a bank per rank, on its device) | shared (one bank per node, in host shared memory)
     max_message_bytes: int = 64 << 20  # most bytes handed to MPI in one call: bigger payloads move in steps (also bounds the step buffers)
     precision: str = "fp32"  # fp32 | tf32 (TensorFloat-32 matmuls on GPUs) | bf16 (bfloat16 autocast in local training)
+    topology: str = "replicated"  # replicated (every rank a server replica: refreshes all-gathered, FedAvg by Allreduce) | star (rank 0 is the server: clients send to it alone, it sends the aggregate back; the paper's federated network)
+    server: str = "shared"  # star: shared (rank 0 also hosts clients) | dedicated (rank 0 hosts none: the usual federated deployment; needs 2+ ranks)
 
     def __post_init__(self):
         _check(self.threads >= 1, "system.threads", "must be >= 1")
@@ -205,6 +207,13 @@ class System:
                "system.max_message_bytes", f"must lie in [{MIN_MESSAGE_BYTES}, 2^31 - 1] (MPI "
                "counts are C ints)")
         _one_of(self.precision, "system.precision", ("fp32", "tf32", "bf16"))
+        _one_of(self.topology, "system.topology", ("replicated", "star"))
+        _one_of(self.server, "system.server", ("shared", "dedicated"))
+        _check(not (self.server == "dedicated" and self.topology != "star"), "system.server",
+               "\"dedicated\" needs system.topology = \"star\" (replicas have no server rank)")
+        _check(not (self.bank == "shared" and self.topology == "star"), "system.bank",
+               "\"shared\" cannot run with system.topology = \"star\" (in a star only the "
+               "server holds the look-back bank): use \"replicated\"")
 
 
 MIN_MESSAGE_BYTES = 4096  # below this the steps cost more than they move
@@ -225,6 +234,12 @@ class RunSpec:
     server: Server = field(default_factory=Server)
     system: System = field(default_factory=System)
 
+    def __post_init__(self):
+        _check(not (self.system.topology == "star" and self.algo.scope == "global"),
+               "algo.scope", "\"global\" is the Allreduce design and cannot run with "
+               "system.topology = \"star\": use algo.scope = \"client\" in a star, or "
+               "system.topology = \"replicated\"")
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
@@ -234,9 +249,14 @@ class RunSpec:
         "topk(k=0.01)", "ef-sign", "powersgd(r=4)+lbgm(t=0.2)", "lbgm(t=0.2, m=3, decay=0.9,
         warmup=5)", "lbgm(t=0.2, layer)", "fedluar(r=1)"; algo.scope = "global" adds "global"
         ("lbgm(t=0.2, global)", "ef-powersgd(r=4, global)"), error feedback without a
-        compressor "ef" ("lbgm(t=0.2, ef, global)")."""
+        compressor "ef" ("lbgm(t=0.2, ef, global)"); system.topology = "star" adds "@star"
+        ("fedavg@star")."""
         if self.run.label:
             return self.run.label
+        star = getattr(self.system, "topology", "replicated") == "star"
+        return self._algo_label() + ("@star" if star else "")
+
+    def _algo_label(self) -> str:
         algo = self.algo
         scope = getattr(algo, "scope", "client")  # the field came with the global scope
         if algo.name == "fedluar":

@@ -10,12 +10,19 @@ from lbgm_mpi.errors import ConfigError
 
 @dataclass(frozen=True)
 class Topology:
-    """Where every client lives: ``host[k]`` is the rank that trains client k."""
+    """Where every client lives: ``host[k]`` is the rank that trains client k. ``star``: the
+    root is the server, the only rank that aggregates (else every rank is a server replica)."""
 
     rank: int
     size: int
     root: int
     host: tuple[int, ...]
+    star: bool = False
+
+    @property
+    def aggregates(self) -> bool:
+        """Whether this rank forms the aggregate itself (a replica, or the star's server)."""
+        return not self.star or self.is_root
 
     @property
     def is_root(self) -> bool:
@@ -31,23 +38,39 @@ class Topology:
         return [k for k in participants if self.host[k] == rank]
 
 
-def place_clients(num_clients: int, size: int, placement: str) -> tuple[int, ...]:
-    """Host rank of each client: cyclic (k mod P) or contiguous blocks."""
-    if num_clients < size:
-        raise ConfigError(f"clients.count: {num_clients} clients cannot occupy {size} MPI ranks; "
-                          f"run with at most {num_clients} ranks or raise clients.count")
+def check_hosts(num_clients: int, size: int, first: int = 0) -> None:
+    """Raise ConfigError unless ranks first..size-1 exist and each can host a client."""
+    hosts = size - first
+    if hosts < 1:
+        raise ConfigError(f"system.server: \"dedicated\" keeps rank 0 for the server, so it "
+                          f"needs at least 2 MPI ranks (this job has {size})")
+    if num_clients < hosts:
+        raise ConfigError(f"clients.count: {num_clients} clients cannot occupy {hosts} MPI ranks; "
+                          f"run with at most {num_clients + first} ranks or raise clients.count")
+
+
+def place_clients(num_clients: int, size: int, placement: str,
+                  first: int = 0) -> tuple[int, ...]:
+    """Host rank of each client among ranks first..size-1: cyclic (k mod P) or contiguous
+    blocks."""
+    check_hosts(num_clients, size, first)
+    hosts = size - first
     if placement == "cyclic":
-        return tuple(k % size for k in range(num_clients))
-    base, extra = divmod(num_clients, size)
+        return tuple(first + k % hosts for k in range(num_clients))
+    base, extra = divmod(num_clients, hosts)
     host = []
-    for r in range(size):
-        host += [r] * (base + (1 if r < extra else 0))
+    for r in range(hosts):
+        host += [first + r] * (base + (1 if r < extra else 0))
     return tuple(host)
 
 
-def make_topology(rank: int, size: int, num_clients: int, placement: str) -> Topology:
-    """Build the topology of this rank (raises ConfigError if there are more ranks than clients)."""
-    return Topology(rank, size, 0, place_clients(num_clients, size, placement))
+def make_topology(rank: int, size: int, num_clients: int, placement: str,
+                  topology: str = "replicated", server: str = "shared") -> Topology:
+    """Build the topology of this rank (raises ConfigError if there are more client ranks than
+    clients). ``server = "dedicated"`` (star only) leaves rank 0 without clients."""
+    first = 1 if server == "dedicated" else 0
+    return Topology(rank, size, 0, place_clients(num_clients, size, placement, first),
+                    star=topology == "star")
 
 
 def choose_device(comm, system) -> torch.device:

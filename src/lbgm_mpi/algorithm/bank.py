@@ -1,8 +1,9 @@
 """The look-back bank: each client's look-back gradients, the last ``lookback`` (m) updates it
 sent in full, per segment.
 
-Storage is one (K * m) x d matrix of float32 or bfloat16 values: slot j of client k is row
-k * m + j. For each (client, segment) a cursor names the slot the next refresh overwrites (the
+Storage is one (H * m) x d matrix of float32 or bfloat16 values for the H clients the bank holds
+(all K of them on a server replica; in a star, only its own clients on a client rank): slot j of
+the i-th held client is row i * m + j, so slot j of client k is row k * m + j where all are held. For each (client, segment) a cursor names the slot the next refresh overwrites (the
 oldest), so a segment's m slots hold its m latest refreshes. The matrix is either a tensor of this
 rank (replicated on every rank) or one copy per node in shared memory; in the second case each rank
 of the node owns a slice of the columns: it writes only that slice of every refresh and aggregates
@@ -40,17 +41,22 @@ class LookbackBank:
     """Look-back gradients of K clients, m slots each, with the Gram matrices of the slots of the
     clients hosted here (what their decisions need).
 
-    rows:    (K * m) x d, float32 or bfloat16 (given: a private tensor or node-shared memory)
-    cursor:  K x L int64, the slot the next refresh of (client, segment) overwrites
+    rows:    (H * m) x d, float32 or bfloat16 (given: a private tensor or node-shared memory), for
+             the H clients of ``held`` (default: all K)
+    cursor:  K x L int64, the slot the next refresh of (client, segment) overwrites (kept up to
+             date for the held clients)
     gram:    {local client: L x m x m float64}, <slot i, slot j> per segment of the stored values
     ``project(x, y, bounds) -> (dots, ||x||^2)`` computes per-segment products (a kernel back end).
     """
 
     def __init__(self, rows: torch.Tensor, num_clients: int, bounds: torch.Tensor, lookback: int,
-                 local_clients, project, node: Node = Node()):
-        if rows.shape[0] != num_clients * lookback or rows.shape[1] != int(bounds[-1]):
-            raise ValueError(f"bank rows {tuple(rows.shape)} do not match {num_clients} clients "
-                             f"x {lookback} slots x {int(bounds[-1])} values")
+                 local_clients, project, node: Node = Node(), held=None):
+        self.held = tuple(range(num_clients)) if held is None else tuple(held)
+        if rows.shape[0] != len(self.held) * lookback or rows.shape[1] != int(bounds[-1]):
+            raise ValueError(f"bank rows {tuple(rows.shape)} do not match {len(self.held)} "
+                             f"clients x {lookback} slots x {int(bounds[-1])} values")
+        self._index = {k: i for i, k in enumerate(self.held)}
+        self.num_clients = num_clients
         self.rows = rows
         self.bounds = bounds
         self.sizes = torch.diff(bounds).tolist()
@@ -72,9 +78,18 @@ class LookbackBank:
     def shared(self) -> bool:
         return self.node.size > 1
 
+    @property
+    def holds_all(self) -> bool:
+        """Whether the bank holds every client's rows (a server's bank)."""
+        return len(self.held) == self.num_clients
+
+    def row(self, client: int, slot: int) -> int:
+        """The index in ``rows`` of slot ``slot`` of ``client`` (a held client)."""
+        return self._index[client] * self.lookback + slot
+
     def slot_row(self, client: int, slot: int) -> torch.Tensor:
         """Row of slot ``slot`` of ``client`` (a view; do not modify)."""
-        return self.rows[client * self.lookback + slot]
+        return self.rows[self.row(client, slot)]
 
     def norm2(self, client: int) -> torch.Tensor:
         """L x m float64: squared norm of each slot's segment (local clients only)."""
@@ -93,7 +108,7 @@ class LookbackBank:
 
     def slot_for(self, client: int, segment: int) -> int:
         """The row a refresh of ``segment`` of ``client`` goes to this round (the oldest slot)."""
-        return client * self.lookback + int(self.cursor[client, segment])
+        return self.row(client, int(self.cursor[client, segment]))
 
     def write_at(self, row: int, start: int, values: torch.Tensor) -> None:
         """Store ``values`` at columns [start, start + len) of ``row``, keeping only what lies in

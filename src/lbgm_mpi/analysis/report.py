@@ -49,14 +49,24 @@ def _distinct_tail(path: Path, paths: list[Path]) -> str:
 def fedavg_reference(runs: list[Run]) -> Run | None:
     """The uncompressed FedAvg run; None if there is none, an error if there are several.
 
-    FedAvg with a compressor (top-k, sign, ...) is a method to compare, not the reference."""
+    FedAvg with a compressor (top-k, sign, ...) is a method to compare, not the reference. Where
+    FedAvg ran in both topologies (compare's "fedavg" and "fedavg@star"), the reference is the
+    replicated one (FedAvg by Allreduce), and the star's is a method like the others."""
     found = [r for r in runs if r.summary["algo"] == "fedavg"
              and r.summary.get("compressor", "none") == "none"]
+    replicated = [r for r in found if _topology(r) == "replicated"]
+    if len(found) > 1 and len(replicated) == 1:
+        return replicated[0]
     if len(found) > 1:
         names = ", ".join(str(r.path) for r in found)
         raise ValueError(f"several FedAvg runs ({names}): pass only the one to compare against "
                          "(runs of several seeds: report --seeds S,S,... compares each seed's)")
     return found[0] if found else None
+
+
+def _topology(run: Run) -> str:
+    """The run's system.topology (runs from before the star ran replicated)."""
+    return (run.config or {}).get("system.topology", "replicated")
 
 
 # config keys a run must share with its FedAvg baseline (a key ending in "." names a section), and

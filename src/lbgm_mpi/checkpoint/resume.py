@@ -12,7 +12,8 @@ from lbgm_mpi.checkpoint.store import (
 SAFE_KEYS = {"run.rounds", "run.eval_every", "run.check_every", "run.checkpoint_every",
              "run.checkpoint_minutes", "run.keep_checkpoints", "run.label", "system.threads",
              "system.device", "system.kernels", "system.cuda_aware_mpi",
-             "system.allow_gpu_sharing", "system.bank", "system.max_message_bytes"}
+             "system.allow_gpu_sharing", "system.bank", "system.max_message_bytes",
+             "system.topology", "system.server"}
 
 
 def resolve(resume: str, folder: Path) -> tuple[Path | None, list[str]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lbgm_mpi.cli.agree import on_every_rank, root_decides
 from lbgm_mpi.errors import AgreedError, UserError
-from lbgm_mpi.runs.methods import METHODS, method_overrides
+from lbgm_mpi.runs.methods import METHODS, known_method, method_overrides
 
 LAUNCHER_VARIABLE = "LBGM_MPI_LAUNCHER"  # the launcher's own words, e.g. "bash jobs/mpirun-local.sh 4"
 
@@ -50,7 +50,8 @@ def register(sub) -> None:
                          help="continue a stopped compare in OUT: finished methods are kept, the "
                               "interrupted one continues from its newest checkpoint")
     compare.add_argument("--methods", default="fedavg,lbgm",
-                         help=f"comma-separated, from: {', '.join(METHODS)}")
+                         help=f"comma-separated, from: {', '.join(METHODS)}; add \"@star\" "
+                         "to run one in the star topology (fedavg@star)")
     compare.add_argument("--seeds", default=None, metavar="S,S,...",
                          help="run every method once per seed (run.seed), into OUT/seed-S/METHOD, "
                               "and print each method's mean and spread over the seeds")
@@ -76,9 +77,10 @@ def _check(args, spec) -> None:
 
 def _methods(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if not known_method(m)]
     if unknown or not names:
-        raise UserError(f"--methods: unknown {unknown} (choose from {', '.join(METHODS)})")
+        raise UserError(f"--methods: unknown {unknown} (choose from {', '.join(METHODS)}; any "
+                        f"of them + \"@star\" runs it in the star topology)")
     if len(set(names)) != len(names):
         raise UserError(f"--methods: {text!r} names a method twice")
     return names

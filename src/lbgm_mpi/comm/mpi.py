@@ -4,7 +4,10 @@
 collective adds the size of the buffer this rank hands to MPI to ``bytes_sent``, and what this
 rank's network link carries under the collective's usual algorithm to ``link_bytes``: a ring
 Allreduce of n bytes moves 2 (P - 1) / P x n through every rank's link, an Allgatherv brings every
-rank all the bytes but its own (at least total - own, whatever the algorithm); control traffic
+rank all the bytes but its own (at least total - own, whatever the algorithm); in the star
+topology, ``gather_stream`` sends each rank's payload to the root alone and ``send_to_all`` the
+root's aggregate to each rank, point to point (``link_up`` / ``link_down`` keep each direction,
+``link_bytes`` each collective's busier one); control traffic
 (byte-counter totals, model-hash checks, stop agreement, checkpoint gathers) is counted apart in
 ``control_bytes`` so that the reported figures compare the algorithms' own exchanges. Works at
 size 1.
@@ -30,10 +33,17 @@ import torch
 os.environ.setdefault("OMPI_MCA_osc", "sm")
 from mpi4py import MPI  # noqa: E402  (MPI reads the variable when it starts)
 
-from lbgm_mpi.comm.chunking import check_limit, displacements, element_chunks, gather_steps
+from lbgm_mpi.comm.chunking import (
+    ALIGN,
+    check_limit,
+    displacements,
+    element_chunks,
+    gather_steps,
+)
 from lbgm_mpi.errors import UserError
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # bounds every step's buffers as well as MPI's counts
+STAR_TAG = 77  # the point-to-point messages of the star topology
 
 # sink(rank, offset, data): ``data`` (1-D uint8 tensor, valid only during the call) holds bytes
 # [offset, offset + len(data)) of rank ``rank``'s payload
@@ -51,6 +61,8 @@ class Comm:
         self.root = 0
         self.bytes_sent = 0      # data bytes this rank handed to MPI
         self.link_bytes = 0      # data bytes this rank's link carries (see the module docstring)
+        self.link_up = 0         # of those, what leaves this rank (its uplink)
+        self.link_down = 0       # and what reaches it (its downlink)
         self.control_bytes = 0   # bookkeeping bytes this rank handed to MPI
         self.seconds = 0.0       # wall time this rank spent inside data collectives
         self.cuda_aware = False  # hand CUDA buffers to MPI directly (else stage through host)
@@ -97,7 +109,8 @@ class Comm:
         return out
 
     def _allreduce(self, buf, out, itemsize: int) -> None:
-        self.link_bytes += 2 * (self.size - 1) * len(buf) * itemsize // self.size
+        ring = 2 * (self.size - 1) * len(buf) * itemsize // self.size
+        self._link(ring, ring)
         for lo, hi in element_chunks(len(buf), itemsize, self._limit):
             self._timed((hi - lo) * itemsize,
                         lambda: self._comm.Allreduce(buf[lo:hi], out[lo:hi], op=MPI.SUM))
@@ -129,7 +142,7 @@ class Comm:
         if nbytes != counts[self.rank]:
             raise RuntimeError(f"rank {self.rank}: sends {nbytes} bytes but every rank "
                                f"expects {counts[self.rank]}")
-        self.link_bytes += sum(counts) - nbytes
+        self._link(sum(counts) - nbytes, sum(counts) - nbytes)  # a ring forwards all but its own
         device = pieces[0].device if pieces else torch.device("cpu")
         on_device = device.type == "cuda" and self.cuda_aware
         for ranges in gather_steps(counts, self._limit):
@@ -143,6 +156,82 @@ class Comm:
             for r, (lo, hi), start in zip(range(self.size), ranges, displacements(step)):
                 if hi > lo:
                     sink(r, lo, recv[start:start + hi - lo])
+
+    # ---- the star: every rank to the root, the root to every rank -----------------------------
+
+    def gather_stream(self, pieces: Sequence[torch.Tensor], counts: list[int] | None,
+                      sink: Sink) -> None:
+        """Every rank's payload to the root only, by point-to-point messages of bounded size.
+
+        This rank's payload is the concatenation of ``pieces`` (1-D uint8 tensors). The root
+        passes ``counts[r]``, the bytes rank r sends (the other ranks need not know them: pass
+        None). ``sink`` is called on the root with each part of every rank's payload (its own
+        included, which never goes through MPI), in rank order within a wave and in payload order
+        for each rank; on every other rank it is called with its own payload's parts. A wave
+        receives at most ``max_message_bytes`` in all, so the root never holds the payloads
+        whole. Link ledger: a rank's uplink carries its payload, the root's downlink all others."""
+        nbytes = sum(p.numel() for p in pieces)
+        chunk = self._star_chunk()
+        if not self.is_root:
+            self._link(nbytes, 0)
+            for lo in range(0, nbytes, chunk):
+                send = _byte_range(pieces, lo, min(nbytes, lo + chunk), self, False)
+                self._timed(len(send), lambda: self._comm.Send([_buf(send), MPI.BYTE],
+                                                                dest=self.root, tag=STAR_TAG))
+                sink(self.rank, lo, send)
+            return
+        if nbytes != counts[self.rank]:
+            raise RuntimeError(f"rank {self.rank}: sends {nbytes} bytes but the root expects "
+                               f"{counts[self.rank]}")
+        self._link(0, sum(counts) - nbytes)
+        for lo in range(0, nbytes, chunk):
+            sink(self.rank, lo, _byte_range(pieces, lo, min(nbytes, lo + chunk), self, False))
+        others = [r for r in range(self.size) if r != self.root and counts[r]]
+        for lo in range(0, max([counts[r] for r in others], default=0), chunk):
+            wave = [(r, min(counts[r], lo + chunk) - lo) for r in others if counts[r] > lo]
+            recv = self._step_buffer("recv", sum(n for _, n in wave), None)
+            starts = displacements([n for _, n in wave])
+            requests = [self._comm.Irecv([recv[s:s + n].numpy(), MPI.BYTE], source=r,
+                                         tag=STAR_TAG) for (r, n), s in zip(wave, starts)]
+            self._timed(0, lambda: MPI.Request.Waitall(requests))
+            for (r, n), s in zip(wave, starts):
+                sink(r, lo, recv[s:s + n])
+
+    def send_to_all(self, t: torch.Tensor) -> torch.Tensor:
+        """The root's 1-D tensor ``t`` on every rank, by one point-to-point message per rank and
+        step (a star: the root's uplink carries it P - 1 times, every other downlink once).
+        Other ranks pass a tensor of the same size and dtype to receive into; returns it."""
+        flat = t.reshape(-1)
+        host = flat.cpu() if flat.is_cuda else flat  # a copy only for a CUDA tensor
+        data = host.view(torch.uint8)
+        n = data.numel()
+        if self.is_root:
+            self._link((self.size - 1) * n, 0)
+        else:
+            self._link(0, n)
+        for lo, hi in element_chunks(n, 1, self._limit):
+            part = data[lo:hi].numpy()
+            if self.is_root:
+                requests = [self._comm.Isend([part, MPI.BYTE], dest=r, tag=STAR_TAG)
+                            for r in range(self.size) if r != self.root]
+                self._timed(len(part) * len(requests), lambda: MPI.Request.Waitall(requests))
+            else:
+                self._timed(0, lambda: self._comm.Recv([part, MPI.BYTE], source=self.root,
+                                                       tag=STAR_TAG))
+        if flat.is_cuda and not self.is_root:
+            flat.copy_(host)
+        return t
+
+    def _star_chunk(self) -> int:
+        """Bytes per message of a star gather: a wave of one message per rank fits the limit."""
+        return max(ALIGN, self._limit // self.size // ALIGN * ALIGN)
+
+    def _link(self, up: int, down: int) -> None:
+        """Add one collective's traffic to this rank's link ledger (link_bytes: its busier
+        direction, which paces it)."""
+        self.link_up += up
+        self.link_down += down
+        self.link_bytes += max(up, down)
 
     def _step_buffer(self, name: str, nbytes: int, device) -> torch.Tensor:
         """A reused uint8 buffer of ``nbytes`` (host, or ``device`` for CUDA-aware MPI)."""

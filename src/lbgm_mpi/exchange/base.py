@@ -23,6 +23,11 @@ class RoundTraffic:
     train_loss: float = 0.0    # weighted mean training loss of the participants
 
 
+# what a star's root sends every client rank with the aggregate (as float64: exact below 2^53)
+TRAFFIC_FIELDS = ("refreshes", "scalars", "uplink_bytes", "dense_uplink_bytes",
+                  "downlink_bytes", "train_loss")
+
+
 class Exchange:
     """What every exchange offers besides its per-round call.
 

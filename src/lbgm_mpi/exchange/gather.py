@@ -4,7 +4,13 @@ rank because all ranks draw the same participants and know where each client liv
 payload bytes, exactly as many as the records announced, streamed in bounded steps: each received
 part goes straight to where it belongs (a bank row, or a compressed client's payload), so no rank
 ever holds the gathered payloads whole. Every rank then forms the same aggregate in client-id
-order, so it does not depend on the number of ranks."""
+order, so it does not depend on the number of ranks.
+
+In a star (system.topology = "star") the same two steps go to the root alone (``gather_stream``:
+a client rank's uplink carries only its own clients' records and payloads, and each client rank
+keeps its own refreshes itself); the root forms the aggregate and sends it, with the round's
+traffic figures, to every rank (``send_to_all``). The root's aggregate is computed exactly as a
+replica's, so the star and the replicated topology give the same model."""
 
 from abc import ABC, abstractmethod
 
@@ -13,7 +19,7 @@ import torch
 
 from lbgm_mpi.algorithm.bank import LookbackBank
 from lbgm_mpi.compress import ClientCompressors
-from lbgm_mpi.exchange.base import FLOAT_BYTES, Exchange, RoundTraffic
+from lbgm_mpi.exchange.base import FLOAT_BYTES, TRAFFIC_FIELDS, Exchange, RoundTraffic
 from lbgm_mpi.exchange.records import PayloadMap, record_dtype
 
 
@@ -43,14 +49,57 @@ class GatherExchange(Exchange, ABC):
                         for i, k in enumerate(mine)]
         records["payload"] = [sum(p.numel() for p in parts) for parts in payloads]
         per_rank = [len(self.topo.clients_on(participants, r)) for r in range(self.comm.size)]
-        got = self.comm.allgatherv_bytes(records, [n * self.dtype.itemsize for n in per_rank])
-        got = got.view(self.dtype)
-        self._check_ids(got, participants)
+        if not self.topo.aggregates:  # a star's client rank sees its own records only
+            per_rank = [n if r == self.comm.rank else 0 for r, n in enumerate(per_rank)]
+        got = self._gather_records(records, [n * self.dtype.itemsize for n in per_rank])
+        self._check_ids(got, participants, per_rank)
         counts = self._payload_bytes_per_rank(got, per_rank)
         received = self._receive(got, weights, per_rank, [p for ps in payloads for p in ps],
                                  counts)
-        delta = self._combine(got, weights, received)
-        return delta, self._traffic(got, weights, sum(counts))
+        if not self.topo.star:
+            return self._combine(got, weights, received), self._traffic(got, weights, sum(counts))
+        delta, header = None, np.zeros(len(TRAFFIC_FIELDS), dtype=np.float64)
+        if self.topo.is_root:
+            delta = self._combine(got, weights, received)
+            traffic = self._traffic(got, weights, sum(counts))
+            header[:] = [getattr(traffic, f) for f in TRAFFIC_FIELDS]
+        return self._send_aggregate(delta, header)
+
+    def _gather_records(self, records: np.ndarray, counts: list[int]) -> np.ndarray:
+        """Every participant's record on every rank (on the root only, in a star)."""
+        if not self.topo.star:
+            return self.comm.allgatherv_bytes(records, counts).view(self.dtype)
+        if not self.topo.is_root:
+            self.comm.gather_stream([torch.from_numpy(records.view(np.uint8))], None,
+                                    lambda *_: None)
+            return records
+        out = np.empty(sum(counts), dtype=np.uint8)
+        starts = np.cumsum([0, *counts])
+
+        def keep(rank, offset, data):
+            at = starts[rank] + offset
+            out[at:at + len(data)] = data.numpy()
+
+        self.comm.gather_stream([torch.from_numpy(records.view(np.uint8))], counts, keep)
+        return out.view(self.dtype)
+
+    def _move(self, pieces, counts, sink) -> None:
+        """The payload gather: to every rank, or in a star to the root (a client rank's sink
+        sees its own payload only)."""
+        if not self.topo.star:
+            self.comm.allgatherv_stream(pieces, counts, sink)
+        else:
+            self.comm.gather_stream(pieces, counts if self.topo.is_root else None, sink)
+
+    def _send_aggregate(self, delta, header: np.ndarray):
+        """The root's aggregate and traffic figures on every rank of a star."""
+        if delta is None:
+            delta = torch.empty(int(self.bounds[-1]), dtype=torch.float32, device=self.device)
+        self.comm.send_to_all(delta)
+        header = self.comm.send_to_all(torch.from_numpy(header)).numpy()
+        values = {f: (float(v) if f == "train_loss" else int(v))
+                  for f, v in zip(TRAFFIC_FIELDS, header)}
+        return delta, RoundTraffic(**values)
 
     @abstractmethod
     def _encode(self, k, g, record, rnd) -> list[torch.Tensor]:
@@ -78,7 +127,7 @@ class GatherExchange(Exchange, ABC):
             for client, at, part in layout.split(rank, offset, data):
                 buffers[client][at:at + len(part)].copy_(part)
 
-        self.comm.allgatherv_stream(pieces, counts, keep)
+        self._move(pieces, counts, keep)
         return buffers
 
     @staticmethod
@@ -87,8 +136,9 @@ class GatherExchange(Exchange, ABC):
         ends = np.cumsum(per_rank)
         return [got[e - n:e] for n, e in zip(per_rank, ends)]
 
-    def _check_ids(self, got, participants) -> None:
-        expected = [k for r in range(self.comm.size) for k in self.topo.clients_on(participants, r)]
+    def _check_ids(self, got, participants, per_rank) -> None:
+        expected = [k for r in range(self.comm.size) if per_rank[r]
+                    for k in self.topo.clients_on(participants, r)]
         if got["client"].tolist() != expected:
             raise RuntimeError(f"round records disagree with the drawn participants: got "
                                f"{got['client'].tolist()}, expected {expected}")
@@ -110,11 +160,15 @@ class GatherExchange(Exchange, ABC):
         # summed in client order, so that the figure does not depend on the number of ranks
         loss = sum(float(weights[int(r["client"])]) * float(r["loss"])
                    for r in sorted(got, key=lambda r: int(r["client"])))
+        # what one rank receives: every record and payload, or in a star the aggregate and these
+        # figures
+        downlink = (d * FLOAT_BYTES + len(TRAFFIC_FIELDS) * 8) if self.topo.star else \
+            got.nbytes + payload_bytes
         return RoundTraffic(
             refreshes=refreshes, scalars=scalars,
             uplink_bytes=int(got["payload"].sum()) + FLOAT_BYTES * self.lookback * scalars,
             dense_uplink_bytes=len(got) * d * FLOAT_BYTES,
-            downlink_bytes=got.nbytes + payload_bytes, train_loss=loss)
+            downlink_bytes=downlink, train_loss=loss)
 
 
 class CompressedFedAvgExchange(GatherExchange):

@@ -117,7 +117,7 @@ class LbgmExchange(GatherExchange):
                 for (row, start), at, part in layout.split(rank, offset, data):
                     self.bank.write_at(row, start + at // FLOAT_BYTES, part.view(torch.float32))
 
-        self.comm.allgatherv_stream(pieces, counts, write)
+        self._move(pieces, counts, write)
 
     def _runs(self, record) -> list[tuple[tuple[int, int], int]]:
         """A record's refreshed segments as ((bank row, first column), payload bytes) runs:
@@ -148,7 +148,7 @@ class LbgmExchange(GatherExchange):
                 c = np.where(refresh, (slot == j).astype(np.float64), rho[:, j]) * float(
                     weights[k])
                 if c.any():
-                    rows.append(k * m + j)
+                    rows.append(self.bank.row(k, j))
                     coefs.append(c)
         return (torch.tensor(rows, dtype=torch.int64),
                 torch.from_numpy(np.array(coefs, dtype=np.float64).reshape(len(rows),
@@ -177,14 +177,18 @@ def _float32_project(kernels):
 
 def make_bank(spec, comm, topology, bounds, kernels, device):
     """The look-back bank: a tensor of this rank on ``device``, or one per node in shared host
-    memory (system.bank); returns (bank, shared float32 delta or None)."""
+    memory (system.bank); returns (bank, shared float32 delta or None). In a star the root's bank
+    holds every client, a client rank's only its own."""
     m, d = spec.algo.lookback, int(bounds[-1])
     torch_dtype, np_dtype = BANK_DTYPES[spec.system.bank_dtype]
     shape = (spec.clients.count * m, d)
     if spec.system.bank == "replicated":
-        rows = torch.zeros(shape, dtype=torch_dtype, device=device)
+        # a star's client rank holds only its own clients' rows (what their decisions read)
+        held = topology.local_clients if not topology.aggregates else None
+        rows = torch.zeros((len(held) * m, d) if held is not None else shape, dtype=torch_dtype,
+                           device=device)
         return LookbackBank(rows, spec.clients.count, bounds, m, topology.local_clients,
-                            _float32_project(kernels)), None
+                            _float32_project(kernels), held=held), None
     nbytes = shape[0] * d * np.dtype(np_dtype).itemsize
     memory = comm.shared_memory(nbytes + FLOAT_BYTES * d, "the look-back bank")
     rows = torch.from_numpy(memory.view(0, shape, np_dtype)).view(torch_dtype)

@@ -4,8 +4,13 @@ A method names everything that makes it what it is (algorithm, compressor, error
 base config that sets a compressor does not leak into "fedavg" or "lbgm". Compressor settings
 (algo.ratio, algo.rank) and LBGM's threshold come from the base config, shared by all methods.
 Plain compressors run FedAvg on the compressed updates; "+lbgm" stacks LBGM on the compressor
-(one look-back coefficient per client: granularity "model").
+(one look-back coefficient per client: granularity "model"). Any method followed by "@star"
+runs in the star topology (system.topology = "star": rank 0 is the server), so that one compare
+puts, say, "fedavg" (Allreduce) and "fedavg@star" side by side; without it a method runs in the
+base config's topology.
 """
+
+STAR = "@star"
 
 
 def _method(name: str, compressor: str = "none", error_feedback: bool = False,
@@ -49,10 +54,18 @@ METHODS.update({"lbgm-m2": _variant(2, 1.0), "lbgm-m3": _variant(3, 1.0),
                 "fedluar": _method("fedluar")})
 
 
+def known_method(method: str) -> bool:
+    """Whether ``method`` names a method (a name of METHODS, optionally with "@star")."""
+    return method.removesuffix(STAR) in METHODS
+
+
 def method_overrides(method: str) -> dict:
     """Config sections to replace for ``method`` (its label included)."""
-    sections = {name: dict(values) for name, values in METHODS[method].items()}
+    base = method.removesuffix(STAR)
+    sections = {name: dict(values) for name, values in METHODS[base].items()}
     sections.setdefault("run", {})["label"] = method
+    if base != method:
+        sections.setdefault("system", {})["topology"] = "star"
     return sections
 
 # LBGM on the aggregate, for Allreduce clusters (docs/global-scope.md): the base config's m

@@ -29,7 +29,7 @@ BANK_BYTES = {"float32": 4, "bfloat16": 2}
 def check_run(spec, ranks: int, ranks_on_node: int) -> int:
     """Run every check for ``spec`` on ``ranks`` ranks (``ranks_on_node`` of them here); return
     the model's parameter count. Raises UserError naming the first problem found."""
-    _check_ranks(spec.clients, ranks)
+    _check_ranks(spec, ranks)
     _check_device(spec.system, ranks_on_node)
     _check_kernels(spec.system)
     bookkeeping = spec.clients.count * PER_CLIENT_BYTES
@@ -43,11 +43,11 @@ def check_run(spec, ranks: int, ranks_on_node: int) -> int:
     return params
 
 
-def _check_ranks(clients, ranks: int) -> None:
-    """Every rank hosts at least one client (topology.place_clients says the same, later)."""
-    if clients.count < ranks:
-        raise ConfigError(f"clients.count: {clients.count} clients cannot occupy {ranks} MPI "
-                          f"ranks; run with at most {clients.count} ranks or raise clients.count")
+def _check_ranks(spec, ranks: int) -> None:
+    """Every client rank hosts at least one client, and a dedicated server has a rank of its
+    own (the same check the trainer's topology makes, later)."""
+    from lbgm_mpi.topology import check_hosts
+    check_hosts(spec.clients.count, ranks, 1 if spec.system.server == "dedicated" else 0)
 
 
 def _check_device(system, ranks_on_node: int) -> None:

@@ -63,7 +63,8 @@ class Trainer:
         except ValueError as err:
             raise ConfigError(f"system.max_message_bytes: {err}") from None
         self.topo = make_topology(comm.rank, comm.size, spec.clients.count,
-                                  spec.clients.placement)
+                                  spec.clients.placement, spec.system.topology,
+                                  spec.system.server)
         self.device = choose_device(comm, spec.system)
         labels = load_train_labels(spec.data)
         self.parts = partition(labels, spec.clients.count, spec.data, spec.run.seed)
@@ -86,7 +87,8 @@ class Trainer:
         self.eval_batch = None  # samples per evaluation batch, sized at the first evaluation
         self.checkpoint_hold_s = 0.0  # loop time the checkpoint after the last round took
         self.waited_mark = 0.0  # writer.waited_s when the last metrics row was made
-        self.bytes_at_start = comm.bytes_sent  # one Comm may serve several runs (compare)
+        # one Comm may serve several runs (compare)
+        self.ledger_at_start = (comm.bytes_sent, comm.link_up, comm.link_down)
         self.log = RunLog(self.out_dir, spec, comm.is_root, self.parts,
                           label_histograms(labels, self.parts, data.num_classes))
         self.progress = Progress(spec.label(), spec.run.rounds, comm.is_root and not quiet)
@@ -101,7 +103,8 @@ class Trainer:
 
         Only the training rows of the clients hosted here are loaded (for an HDF5 file, read from
         disk). Returns the data set, whose training split holds just those rows."""
-        rows = np.unique(np.concatenate([self.parts[k] for k in self.topo.local_clients]))
+        rows = np.unique(np.concatenate([self.parts[k] for k in self.topo.local_clients]
+                                        or [np.zeros(0, dtype=np.int64)]))
         data = load_dataset(self.spec.data, train_rows=rows)
         at = lambda k: torch.from_numpy(np.searchsorted(rows, self.parts[k]))
         put = lambda x: x.to(self.device)
@@ -205,16 +208,18 @@ class Trainer:
 
     def resources(self) -> dict:
         """Collective: peak host and device memory of every rank, and the bank's bytes."""
-        peaks = self.comm.control_gather_ints([host_peak_bytes(), host_shared_bytes(),
-                                               device_peak_bytes(self.device)])
         bank = self.exchange.bank
+        peaks = self.comm.control_gather_ints([host_peak_bytes(), host_shared_bytes(),
+                                               device_peak_bytes(self.device),
+                                               0 if bank is None else bank.nbytes])
         _, node_size = self.comm.node_rank_and_size()
         per_node = 0 if bank is None else bank.nbytes * (1 if bank.shared else node_size)
         return {"peak_host_bytes_by_rank": [p[0] for p in peaks],
                 "shared_host_bytes_by_rank": [p[1] for p in peaks],
                 "peak_device_bytes_by_rank": [p[2] for p in peaks],
                 "bank": self.spec.system.bank if bank is not None else None,
-                "bank_bytes_per_node": per_node, "ranks_per_node": node_size}
+                "bank_bytes_per_node": per_node, "bank_bytes_by_rank": [p[3] for p in peaks],
+                "ranks_per_node": node_size}
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint at ``path`` (every rank reads it; they must agree)."""
@@ -255,9 +260,15 @@ class Trainer:
                 saved, saved_at = self.round, time.monotonic()
         if saved != self.round:
             self.checkpoint()
-        by_rank = self.comm.control_gather_int(self.comm.bytes_sent - self.bytes_at_start)
-        return self.log.write_summary(self.num_params, {"mpi_bytes_by_rank": by_rank,
-                                                        **self.resources()})
+        ledger = self.comm.control_gather_ints(
+            [now - then for now, then in zip(
+                (self.comm.bytes_sent, self.comm.link_up, self.comm.link_down),
+                self.ledger_at_start)])
+        return self.log.write_summary(self.num_params, {
+            "mpi_bytes_by_rank": [r[0] for r in ledger],
+            "link_up_bytes_by_rank": [r[1] for r in ledger],
+            "link_down_bytes_by_rank": [r[2] for r in ledger],
+            "topology": self.spec.system.topology, **self.resources()})
 
     def _verdict(self, saved_at: float) -> tuple[bool, bool, str | None]:
         """(is the global model finite, is a checkpoint due, why the checkpoint written in the
@@ -287,11 +298,18 @@ class Trainer:
                          f"({human_bytes(rows.numel() * rows.element_size())} per rank)")
         elif bank is None:
             bank_text = "no look-back bank"
+        elif self.topo.star:
+            bank_text = (f"look-back bank {human_bytes(bank.nbytes)} on the server, a client "
+                         f"rank's own clients' rows elsewhere")
         else:
             where = "per node" if bank.shared else "per rank"
             bank_text = f"look-back bank {human_bytes(bank.nbytes)} {where}"
         aware = self.comm.cuda_aware if self.device.type == "cuda" else \
             cuda_aware_mpi(self.spec.system.cuda_aware_mpi)
+        if self.topo.star:
+            server = "hosts no clients" if self.spec.system.server == "dedicated" else \
+                "also hosts clients"
+            clients = f"star: rank 0 is the server and {server}; {clients}"
         return (f"{self.comm.size} rank(s), {clients} client(s) per rank of "
                 f"{self.spec.clients.count}, {self.num_params:,} parameters, {bank_text}, "
                 f"device {self.device}, {self.comm.library_version()} "

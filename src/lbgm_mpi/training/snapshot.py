@@ -2,7 +2,8 @@
 (the file format, its writer and the resume rules are lbgm_mpi.checkpoint's).
 
 What is saved: the global model and the server's momentum, the look-back bank (rows and slot
-cursors; the Gram matrices the decisions use are recomputed from the rows), every client's
+cursors, from the root: in a star, the server's bank of every client; the Gram matrices the
+decisions use are recomputed from the rows), every client's
 persistent state (compressor and error-feedback memory, gathered from the ranks that host them),
 the exchange's replicated state (the global scope's orthonormal bank, PowerSGD's warm-start Q's,
 FedLUAR's last update) and each rank's own (the global scope's error-feedback residual), the
@@ -134,20 +135,28 @@ def restore(trainer, path: Path) -> None:
 
 
 def _restore_bank(trainer, path: Path, arrays) -> None:
-    """Read the rows (this rank's columns, for a node-shared bank) from the file into the bank a
-    block of rows at a time (no second K x d buffer); copy the cursors; rebuild the local
-    clients' Gram matrices from the rows."""
+    """Read the rows (this rank's columns, for a node-shared bank; its own clients' rows, on a
+    star's client rank) from the file into the bank a block of rows at a time (no second K x d
+    buffer); copy the cursors; rebuild the local clients' Gram matrices from the rows."""
     bank = trainer.exchange.bank
     if bank is None:
         return
     rows = _stored_rows(bank)
     lo, hi = bank.columns
+    m = bank.lookback
+    shape = (bank.num_clients * m, rows.shape[1])
+    held = {k * m + j: bank.row(k, j) for k in bank.held for j in range(m)}
 
     def write(first: int, block: np.ndarray) -> None:
-        rows[first:first + len(block), lo:hi].copy_(torch.from_numpy(block))
+        if bank.holds_all:
+            rows[first:first + len(block), lo:hi].copy_(torch.from_numpy(block))
+            return
+        for i in range(len(block)):
+            if first + i in held:
+                rows[held[first + i], lo:hi].copy_(torch.from_numpy(block[i]))
 
     dtype = torch.empty(0, dtype=rows.dtype).numpy().dtype
-    read_rows(path, BANK_ROWS, tuple(rows.shape), dtype, (lo, hi), write)
+    read_rows(path, BANK_ROWS, shape, dtype, (lo, hi), write)
     bank.cursor.copy_(torch.from_numpy(arrays["bank/cursor"]))
     bank.node.sync()
     bank.rebuild_gram()
