@@ -376,7 +376,9 @@ def predict_split(params: dict, profiles: dict, alone: dict,
       topology_table: seconds to each of TARGETS per method, and the first to each (winner);
       star_per_round: seconds per round in the exchange (refresh fraction of every round);
       star_break_even: the refresh fraction per client at which a star gather method's round
-        costs FedAvg-in-the-star's (None without a FedAvg-in-the-star profile)."""
+        costs FedAvg-in-the-star's, and its round against FedAvg-in-the-star's at each of
+        STAR_FRACTIONS and at the measured fraction (none without a FedAvg-in-the-star
+        profile)."""
     shapes = list(dict.fromkeys(([measured_links] if measured_links else []) + list(STAR_SHAPES)))
     fed = next((p for p in profiles.values() if p["kind"] == "star-allreduce"), None)
     table, per_round, even = [], [], []
@@ -393,9 +395,14 @@ def predict_split(params: dict, profiles: dict, alone: dict,
                                                                  every=True),
                                   "local_s": costmodel.local_s(prof, alone, ranks)})
                 if fed is not None and prof["kind"] == "star-gather":
+                    fed_s = starmodel.star_round(params, fed, ranks, links)
+                    ratio = lambda f: starmodel.star_round(  # noqa: B023 (used at once)
+                        params, {**prof, "refresh": f}, ranks, links) / fed_s
                     even.append({"links": links.label(), "ranks": ranks, "method": method,
                                  "measured": prof["refresh_all"],
-                                 "break_even": star_break_even(params, prof, fed, ranks, links)})
+                                 "break_even": star_break_even(params, prof, fed, ranks, links),
+                                 "ratio": [ratio(f) for f in STAR_FRACTIONS],
+                                 "ratio_measured": ratio(prof["refresh_all"])})
             for k in range(len(TARGETS)):
                 done = {m: s[k] for m, s in row["seconds"].items()
                         if k < len(s) and s[k] is not None}
@@ -403,6 +410,9 @@ def predict_split(params: dict, profiles: dict, alone: dict,
             table.append(row)
     return {"topology_table": table, "star_per_round": per_round, "star_break_even": even,
             "profiles": profiles}
+
+
+STAR_FRACTIONS = (0.01, 0.03, 0.1, 0.3, 1.0)  # refresh fractions of the star's round ratios
 
 
 def star_break_even(params: dict, prof: dict, fed: dict, ranks: int,
@@ -740,12 +750,18 @@ def split_model_tables(model: dict, ranks: int | None, reference: str | None) ->
                            [[m] + [f"{per[shape, n, m]['comm_s']:.3f} "
                                    f"({per[shape, n, m]['comm_s'] + per[shape, n, m]['local_s']:.2f})"
                                    for n in MODEL_RANKS] for m in methods]))
-    if model.get("star_break_even"):
-        parts += ["MODEL: the refresh fraction per client at which a gather method's star round "
-                  "costs FedAvg-in-the-star's, and the measured one:",
-                  table(["method", "links", "ranks", "break-even", "measured"],
-                        [[b["method"], b["links"], str(b["ranks"]), f"{b['break_even']:.3f}",
-                          f"{b['measured']:.3f}"] for b in model["star_break_even"]])]
+    even = model.get("star_break_even") or []
+    for method in list(dict.fromkeys(b["method"] for b in even))[:1]:
+        mine = [b for b in even if b["method"] == method]
+        parts += [f"MODEL: {method}'s exchange per round / FedAvg-in-the-star's, one client "
+                  "per rank refreshing with probability f (the slowest client uplink paces the "
+                  "gather, so one refresh anywhere costs a whole upload), at the measured f, "
+                  "and the f at which they cost the same (break-even):",
+                  table(["links", "ranks", *[f"f={f:g}" for f in STAR_FRACTIONS],
+                         "measured f", "x at it", "break-even"],
+                        [[b["links"], str(b["ranks"]), *[f"{x:.2f}" for x in b["ratio"]],
+                          f"{b['measured']:.3f}", f"{b['ratio_measured']:.2f}",
+                          f"{b['break_even']:.3f}"] for b in mine])]
     return "\n\n".join(parts)
 
 
