@@ -242,3 +242,57 @@ def test_record_sizes_in_the_ledger_test_are_the_wire_records():
     assert record_dtype(4, 1).itemsize == 4 + 4 + 8 + 4 + 4 * 4
     assert record_dtype(4, 3).itemsize == 4 + 4 + 8 + 4 + 4 * 4 * 3
     assert np.dtype(record_dtype(4, 3)).isbuiltin == 0
+
+
+MB = 1 << 20
+MEMORY_JOB = ["configs/default.toml", "--set", "data.name=synthetic", "--set", "data.partition=iid",
+              "--set", "data.synthetic_samples=320", "--set", "data.synthetic_features=784",
+              "--set", "model.name=mlp", "--set", "model.hidden=2535", "--set", "run.rounds=2",
+              "--set", "algo.threshold=0", "--set", "clients.lr=0.01", "--set",
+              "run.check_every=0", "--set", "clients.count=32",
+              "--set", f"system.max_message_bytes={16 << 20}", "--quiet"]
+
+
+@pytest.mark.mpi
+@pytest.mark.bigmem
+def test_a_client_ranks_peak_holds_its_own_rows_not_the_bank(tmp_path):
+    """2 ranks, 32 clients, 2M parameters, every client refreshing: rank 1 hosts the same 16
+    clients in both topologies; in the star it holds their rows only (128 MB less than the 256 MB
+    bank), and its peak drops by at least three quarters of that; the server holds the bank."""
+    summaries = {}
+    for topology in ("replicated", "star"):
+        lbgm(2, "train", *MEMORY_JOB, "--set", f"system.topology={topology}",
+             "--out", str(tmp_path / topology), timeout=300)
+        summaries[topology] = read_summary(tmp_path / topology)
+    star, replicated = summaries["star"], summaries["replicated"]
+    rows = 4 * star["num_params"]
+    assert star["bank_bytes_by_rank"] == [32 * rows, 16 * rows]
+    assert replicated["bank_bytes_by_rank"] == [32 * rows, 32 * rows]
+    assert star["bank_bytes_per_node"] == 48 * rows
+    saved = replicated["peak_host_bytes_by_rank"][1] - star["peak_host_bytes_by_rank"][1]
+    assert saved >= 0.75 * 16 * rows, f"rank 1 saved {saved / MB:.0f} MB"
+    # the server's peak: no higher than a replica's (it holds the same bank)
+    assert star["peak_host_bytes_by_rank"][0] <= replicated["peak_host_bytes_by_rank"][0] + 32 * MB
+
+
+@pytest.mark.mpi
+def test_a_hundred_clients_in_a_star(tmp_path):
+    """The paper's client count: 100 clients on 3 client ranks and a dedicated server, 10 per
+    round, LBGM per segment: the same decisions and model as the replicated topology, and the
+    server's downlink is exactly every client's record and refresh."""
+    job = [*BASE, "--set", "clients.count=100", "--set", "clients.per_round=10",
+           "--set", "run.rounds=6", "--set", "data.partition=iid"]
+    lbgm(4, "train", "configs/default.toml", *job, "--set", "system.topology=star",
+         "--set", "system.server=dedicated", "--out", str(tmp_path / "star"), "--quiet")
+    lbgm(2, "train", "configs/default.toml", *job, "--out", str(tmp_path / "replicated"),
+         "--quiet")
+    star, replicated = read_metrics(tmp_path / "star"), read_metrics(tmp_path / "replicated")
+    assert _exact(star) == _exact(replicated)
+    assert sum(r["scalars"] for r in star) > 0
+    summary = read_summary(tmp_path / "star")
+    record = _itemsize(tmp_path / "star", 1)
+    assert summary["link_down_bytes_by_rank"][0] == sum(
+        r["participants"] * record + r["uplink_bytes"] - 4 * r["scalars"] for r in star)
+    per_client = 4 * summary["num_params"]
+    assert summary["bank_bytes_by_rank"] == [100 * per_client] + [n * per_client
+                                                                  for n in (34, 33, 33)]

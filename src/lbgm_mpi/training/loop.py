@@ -213,7 +213,10 @@ class Trainer:
                                                device_peak_bytes(self.device),
                                                0 if bank is None else bank.nbytes])
         _, node_size = self.comm.node_rank_and_size()
-        per_node = 0 if bank is None else bank.nbytes * (1 if bank.shared else node_size)
+        # a shared bank once per node; private banks (of unequal sizes in a star) added up
+        mine = 0 if bank is None else bank.nbytes
+        shared = bank is not None and bank.shared
+        per_node = mine if shared else sum(self.comm.node.control_gather_int(mine))
         return {"peak_host_bytes_by_rank": [p[0] for p in peaks],
                 "shared_host_bytes_by_rank": [p[1] for p in peaks],
                 "peak_device_bytes_by_rank": [p[2] for p in peaks],
