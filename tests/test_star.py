@@ -296,3 +296,19 @@ def test_a_hundred_clients_in_a_star(tmp_path):
     per_client = 4 * summary["num_params"]
     assert summary["bank_bytes_by_rank"] == [100 * per_client] + [n * per_client
                                                                   for n in (34, 33, 33)]
+
+
+def test_the_memory_check_counts_the_servers_bank_once_per_node():
+    """Before a start: in a star of 4 ranks on a node (a dedicated server, 3 client ranks of 4 of
+    12 clients each), the node needs the server's bank and each client rank's own rows, not 4
+    banks."""
+    from lbgm_mpi.runs.preflight import _needs
+    bank_of = lambda needs: next(v for k, v in needs.items() if k.startswith("look-back bank"))
+    sets = ["algo.name=lbgm", "clients.count=12", "algo.lookback=2"]
+    replicated = load_config(REPO / "configs/default.toml", sets)
+    star = load_config(REPO / "configs/default.toml",
+                       [*sets, "system.topology=star", "system.server=dedicated"])
+    params = 1000
+    bank = 12 * 2 * params * 4
+    assert bank_of(_needs(replicated, 4, 4, params, 0, 0)) == bank
+    assert bank_of(_needs(star, 4, 4, params, 0, 0)) * 4 == bank + 3 * (bank // 3)

@@ -123,9 +123,15 @@ def _needs(spec, ranks: int, ranks_on_node: int, params: int, sample_values: int
         bank = (spec.clients.count * spec.algo.lookback * params
                 * BANK_BYTES[spec.system.bank_dtype])
         where = f", one per node shared by {ranks_on_node} rank(s)" if shared else ""
+        share = bank // ranks_on_node if shared else bank
+        if spec.system.topology == "star":  # the server's whole bank; elsewhere own rows only
+            hosts = ranks - (1 if spec.system.server == "dedicated" else 0)
+            own = bank * math.ceil(spec.clients.count / hosts) // spec.clients.count
+            where = (f"; in a star the server's, a client rank's {human_bytes(own)} of own rows, "
+                     f"averaged over the node's {ranks_on_node} rank(s)")
+            share = (bank + (ranks_on_node - 1) * own) // ranks_on_node
         needs[f"look-back bank ({spec.clients.count} clients x {spec.algo.lookback} slot(s) x "
-              f"{params} values x {BANK_BYTES[spec.system.bank_dtype]} bytes{where})"] = \
-            bank // ranks_on_node if shared else bank
+              f"{params} values x {BANK_BYTES[spec.system.bank_dtype]} bytes{where})"] = share
     return needs
 
 
