@@ -14,11 +14,8 @@ case (at most 1 s of the training loop per 1 GB checkpoint).
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +24,7 @@ from lbgm_mpi.comm.mpi import Comm
 from lbgm_mpi.config import load_config
 from lbgm_mpi.training.loop import Trainer
 from lbgm_mpi.training.snapshot import restore
+from record import write_record  # noqa: E402  (benchmarks/, beside this script)
 
 CASES = {
     "default job (mlp on digits, 4 clients)": [],
@@ -86,11 +84,7 @@ def main() -> None:
               f"{r['write_s_median']:>8.3f} {r['read_verify_s_median']:>14.3f} "
               f"{r['background_held_s_median']:>14.3f} (max {r['background_held_s_max']:.3f})"
               f" {r['next_round_s_median']:>13.3f}")
-    record = {"command": " ".join(["python"] + sys.argv), "results": rows,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_record(args.out, {'results': rows})}")
 
 
 if __name__ == "__main__":

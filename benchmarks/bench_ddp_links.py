@@ -21,7 +21,6 @@ on --subnet (default 10.78.0), apart from bench_links.py's.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "links"))
 
 import netns  # noqa: E402
+from record import write_record  # noqa: E402  (benchmarks/, beside this script)
 
 HOOKS = "allreduce,fp16,powersgd,lbgm"
 FRACTIONS = (0.95, 0.99)
@@ -197,14 +197,10 @@ def main(argv=None) -> int:
         "rank handed to the gradient collectives; scalar/dense: the LBGM hook's buckets",
         table(rows, targets)])
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".txt").write_text(text + "\n")
     record = {"command": command, "rate": args.rate, "ranks": args.ranks,
               "example_args": args.example_args, "environment": MALLOC, "targets": targets,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "results": rows}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    out = write_record(Path(args.out).with_suffix(".json"), record, text=text)
     print(f"wrote {out.with_suffix('.txt')} and .json")
     return 0
 

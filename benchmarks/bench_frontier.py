@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 
 from lbgm_mpi.analysis.report import human_bytes, load_run
 from lbgm_mpi.analysis.seeds import LAST, Spread, rows_to_json, seed_table, spread
+from record import write_record  # noqa: E402  (benchmarks/, beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/default.toml"
@@ -395,12 +395,9 @@ def report(runs: Path, seeds: list[int], out: Path, merge: bool = False) -> None
                                       for s, p in all_points.items()) if t]
                        + notes)
     print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.txt").write_text(f"{command}\n{text}\n")
     record = {"command": command, "history": history + [command], "seeds": seeds,
               "thresholds": THRESHOLDS, "global_methods": list(GLOBAL_METHODS),
               "global_thresholds": GLOBAL_THRESHOLDS,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "training_seconds": seconds, "notes": notes,
               "settings": {s: {"overrides": settings()[s], "points": rows_to_json(p),
                                "frontier": [{"label": f["label"], "point": f["point"] and
@@ -412,7 +409,7 @@ def report(runs: Path, seeds: list[int], out: Path, merge: bool = False) -> None
                                     "shares": [x.to_dict() for x in r["shares"]]}
                                    for r in over_time[s]]}
                            for s, p in all_points.items()}}
-    Path(f"{out}.json").write_text(json.dumps(record, indent=1))
+    write_record(Path(f"{out}.json"), record, text=f"{command}\n{text}")
     print(f"wrote {out}.txt, {out}.json, {plot(all_points, Path(f'{out}.png'))}")
 
 

@@ -14,7 +14,6 @@ the bank aggregation reads its selected rows at >= 70% of copy bandwidth.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shutil
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from lbgm_mpi.kernels.cupy_ops import CupyKernels, _torch_stream, cupy_available  # noqa: E402
+from record import write_record  # noqa: E402  (benchmarks/, beside this script)
 
 PROJECT_SIZES = [10**5, 10**6, 10**7, 10**8, 10**9]
 AGGREGATE_ROWS = [8, 32, 128]
@@ -321,8 +321,7 @@ def main() -> None:
               "projection": projection, "aggregation": aggregation}
     out = Path(args.out or Path(__file__).parent / "results" /
                f"kernels-{re.sub(r'[^A-Za-z0-9._-]+', '-', env['gpu'])}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_record(out, report)
     print_tables(report)
     print(f"\nwrote {out}")
 

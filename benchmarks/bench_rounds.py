@@ -10,13 +10,13 @@ ratios measured within one run (LBGM / FedAvg), which is what survives a noisy m
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from record import write_record  # noqa: E402  (benchmarks/, beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,13 +68,8 @@ def main() -> None:
               f"{row['uplink_bytes'] / 1e6:>10.3f} {row['mpi_bytes'] / 1e6:>9.3f} "
               f"{row['mpi_bytes'] / fed['mpi_bytes']:>14.3f} {1e3 * row['median_round_s']:>9.1f} "
               f"{row['median_round_s'] / fed['median_round_s']:>16.2f}")
-    record = {"command": " ".join([Path(sys.executable).name] + sys.argv),
-              "config": args.config, "overrides": args.overrides,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    record = {"config": args.config, "overrides": args.overrides, "results": results}
+    print(f"wrote {write_record(args.out, record)}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import dataclasses
 import itertools
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from record import write_record  # noqa: E402  (benchmarks/, beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = "configs/paper/cifar10-resnet18-noniid.toml"
@@ -49,10 +49,11 @@ PRESETS = {
     "twin": {"config": PAPER_CONFIG, "ranks": [4], "clients": [100], "hidden": [None],
              "rounds": 2, "fake_cifar": (1000, 100), "banks": ["shared"],
              "sets": ["system.device=cpu", "run.check_every=0"]},
-    # what the bank costs a node: ranks per node x storage x dtype, 2M parameters, K = 32
+    # what the bank costs a node: ranks per node x storage x dtype, 2M parameters, K = 32; and
+    # the star, where only the server holds every client's rows
     "memory": {"config": "configs/default.toml", "ranks": [1, 2, 4], "clients": [32],
                "hidden": [2535], "rounds": 2, "fake_cifar": None, "methods": "lbgm",
-               "banks": ["replicated", "shared"], "dtypes": ["float32", "bfloat16"],
+               "banks": ["replicated", "shared", "star"], "dtypes": ["float32", "bfloat16"],
                "sets": ["data.name=synthetic", "data.synthetic_samples=320", "model.name=mlp",
                         "data.synthetic_features=784",
                         "data.partition=iid", "algo.threshold=0", "clients.lr=0.01",
@@ -134,8 +135,10 @@ def run_case(preset: dict, args, case: Case, out: Path) -> dict:
     if case.method in BANKLESS:
         sets += BANKLESS[case.method]
     else:
-        sets += [f"algo.name={case.method}", f"system.bank={case.bank}",
-                 f"system.bank_dtype={case.dtype}"]
+        # "star": a bank per rank in the star topology (the server's holds every client)
+        sets += [f"algo.name={case.method}", f"system.bank_dtype={case.dtype}",
+                 *(["system.bank=replicated", "system.topology=star"] if case.bank == "star"
+                   else [f"system.bank={case.bank}"])]
     if case.hidden is not None:
         sets.append(f"model.hidden={case.hidden}")
     if args.data_root:
@@ -161,6 +164,11 @@ def summarize(folder: Path) -> dict:
             "max_round_mpi_bytes": max(r["mpi_bytes"] for r in rows),
             "refreshes": summary["total_refreshes"], "scalars": summary["total_scalars"],
             "peak_host_bytes": max(summary["peak_host_bytes_by_rank"]),
+            "peak_host_bytes_by_rank": summary["peak_host_bytes_by_rank"],
+            # the busiest rank but the root (the star's server), or the root on one rank
+            "peak_client_rank_bytes": max(summary["peak_host_bytes_by_rank"][1:]
+                                          or summary["peak_host_bytes_by_rank"]),
+            "bank_bytes_by_rank": summary.get("bank_bytes_by_rank"),
             "shared_touched_bytes": max(summary["shared_host_bytes_by_rank"]),
             "peak_device_bytes": max(summary["peak_device_bytes_by_rank"]),
             "bank_bytes_per_node": summary["bank_bytes_per_node"]}
@@ -183,7 +191,8 @@ def print_table(rows: list[dict]) -> None:
     head = (f"{'method':<7} {'P':>2} {'K':>4} {'d':>10} {'bank':>10} {'dtype':>8} {'rounds/s':>9} "
             f"{'train s':>8} {'decide s':>9} {'comm s':>8} {'bank s':>8} {'aggr s':>8} "
             f"{'lbgm own s':>10} {'own/train':>9} {'MPI MB':>9} {'max round MB':>12} "
-            f"{'peak host MB':>12} {'shm touched MB':>14} {'peak dev MB':>11} "
+            f"{'peak host MB':>12} {'rank>0 peak MB':>14} {'shm touched MB':>14} "
+            f"{'peak dev MB':>11} "
             f"{'bank MB/node':>12}")
     print(head)
     print("-" * len(head))
@@ -196,6 +205,7 @@ def print_table(rows: list[dict]) -> None:
               f"{p['decide_s']:>9.4f} {p['comm_s']:>8.3f} {p['bank_s']:>8.4f} "
               f"{p['aggregate_s']:>8.4f} {own:>10} {share:>9} {r['mpi_bytes'] / 1e6:>9.1f} "
               f"{r['max_round_mpi_bytes'] / 1e6:>12.1f} {r['peak_host_bytes'] / 2**20:>12.0f} "
+              f"{r['peak_client_rank_bytes'] / 2**20:>14.0f} "
               f"{r['shared_touched_bytes'] / 2**20:>14.0f} "
               f"{r['peak_device_bytes'] / 2**20:>11.0f} "
               f"{r['bank_bytes_per_node'] / 2**20:>12.0f}")
@@ -207,7 +217,8 @@ def parse_args():
     p.add_argument("--ranks", help="comma-separated rank counts")
     p.add_argument("--clients", help="comma-separated K values")
     p.add_argument("--hidden", help="comma-separated MLP widths (cpu and memory presets)")
-    p.add_argument("--banks", help="comma-separated: replicated, shared")
+    p.add_argument("--banks", help="comma-separated: replicated, shared, star (a bank per rank "
+                   "in the star topology)")
     p.add_argument("--dtypes", help="comma-separated: float32, bfloat16")
     p.add_argument("--rounds", type=int)
     p.add_argument("--methods", help="comma-separated: fedavg, lbgm, lbgm-global (m = 3) "
@@ -241,12 +252,7 @@ def main() -> None:
     add_overheads(rows)
     print_table(rows)
     out = Path(args.out or REPO / "benchmarks" / "results" / f"scale-{args.preset}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "preset": args.preset,
-                               "rows": rows, "machine": {"cpus": os.cpu_count(),
-                                                         "platform": platform.platform()}},
-                              indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {write_record(out, {'preset': args.preset, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ Writes OUT.json and OUT.txt.
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,6 +49,7 @@ from netns import rate_bits  # noqa: E402
 from lbgm_mpi.algorithm.global_lookback import (  # noqa: E402
     CountSketch, GlobalBank, _hash, sketch_bound, sketch_widths)
 from lbgm_mpi.kernels import select_kernels  # noqa: E402
+from record import write_record, machine  # noqa: E402  (benchmarks/, beside this script)
 
 WIDTHS = "64,128,256,512,1024,2048,4096"
 THRESHOLDS = (0.2, 0.4)
@@ -387,16 +386,12 @@ def main() -> None:
     fit = json.loads((REPO / "benchmarks/results/links-100mbit.json").read_text())["model"]
     record = {"command": f"python {' '.join(sys.argv)}", "widths": widths, "seeds": args.seeds,
               "thresholds": list(THRESHOLDS), "lookbacks": list(LOOKBACKS), "band": BAND,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "sources": sources, "recommendation": recommend(sources, widths),
+              "machine": machine(), "sources": sources, "recommendation": recommend(sources, widths),
               "cost_params_from": "benchmarks/results/links-100mbit.json",
               "cost": cost_rows(widths, fit["params"]), "seconds": time.perf_counter() - start}
     text = report_text(record)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".txt").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    out = write_record(Path(args.out).with_suffix(".json"), record, text=text)
     print(f"wrote {out.with_suffix('.txt')}, .json", file=sys.stderr)
 
 
