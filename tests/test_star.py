@@ -204,6 +204,16 @@ def test_one_rank_star_is_the_replicated_run(tmp_path, monkeypatch, algo):
     assert not torch.equal(star.theta, _trainer(tmp_path / "x", "star").theta), "nothing trained"
 
 
+def test_threshold_zero_is_fedavg_in_the_star(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    zero = _trainer(tmp_path / "zero", "star", "algo.name=lbgm", "algo.threshold=0")
+    fed = _trainer(tmp_path / "fed", "star", "algo.name=fedavg")
+    for _ in range(6):
+        zero.step(), fed.step()
+        scale = fed.theta.abs().max().item()
+        assert torch.allclose(zero.theta, fed.theta, rtol=1e-5, atol=1e-6 * scale)
+
+
 @pytest.mark.parametrize("overrides,key", [
     (["system.topology=star", "algo.scope=global"], "algo.scope"),
     (["system.topology=star", "system.bank=shared"], "system.bank"),
