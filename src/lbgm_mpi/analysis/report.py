@@ -223,7 +223,8 @@ def format_table(rows: list[dict]) -> str:
              f"{100.0 * target:.2f}% ({rows[0]['target_source']})" if target is not None
              else "uplink to target: no target accuracy (no FedAvg run and none given)")
     title += ("\nlink: bytes the busiest rank's network link carried (a ring Allreduce of n bytes: "
-              "2 (P-1)/P n; an Allgatherv: all but its own)")
+              "2 (P-1)/P n; an Allgatherv: all but its own; a star: the server's, every upload in "
+              "and the aggregate out to each rank)")
     unfinished = [row["name"] for row in rows if row["status"]]
     if unfinished:
         lines.append(f"not finished (running, or stopped: figures as of their last round): "
