@@ -322,3 +322,20 @@ def test_the_memory_check_counts_the_servers_bank_once_per_node():
     bank = 12 * 2 * params * 4
     assert bank_of(_needs(replicated, 4, 4, params, 0, 0)) == bank
     assert bank_of(_needs(star, 4, 4, params, 0, 0)) * 4 == bank + 3 * (bank // 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.mpi
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch sees no CUDA device")
+@pytest.mark.parametrize("method", ["fedavg", "lbgm", "topk+lbgm"])
+def test_a_star_on_the_gpu_is_the_replicated_run_on_the_gpu(tmp_path, method):
+    """3 ranks sharing one GPU (a dedicated server): device tensors through the star's sends give
+    the replicated topology's decisions and accuracy."""
+    gpu = ["--set", "system.device=cuda", "--set", "system.allow_gpu_sharing=true"]
+    lbgm(3, "compare", "configs/default.toml", *BASE, *gpu, "--methods", f"{method},{method}@star",
+         "--out", str(tmp_path), "--quiet")
+    replicated, star = read_metrics(tmp_path / method), read_metrics(tmp_path / f"{method}@star")
+    if method in DENSE:
+        _close(star, replicated)
+    else:
+        assert _exact(star) == _exact(replicated)
