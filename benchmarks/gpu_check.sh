@@ -83,6 +83,8 @@ step kernel-tests "$T_TESTS" "$PY" -m pytest tests/test_kernels.py -m gpu -q \
 step kernel-bench "$T_BENCH" "$PY" benchmarks/bench_kernels.py --out "$OUT/kernels.json"
 step train-gpu-vs-cpu "$T_TESTS" "$PY" -m pytest tests/test_device.py -q -p no:cacheprovider \
     --junitxml="$OUT/device-tests.xml"
+step star-gpu "$T_TESTS" "$PY" -m pytest tests/test_star.py -m gpu -q -p no:cacheprovider \
+    --junitxml="$OUT/star-tests.xml"
 step scale-paper "$T_SCALE" "$PY" benchmarks/bench_scale.py --preset paper --rounds 3 \
     --out "$OUT/scale-paper.json"
 

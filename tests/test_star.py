@@ -329,7 +329,7 @@ def test_the_memory_check_counts_the_servers_bank_once_per_node():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch sees no CUDA device")
 @pytest.mark.parametrize("method", ["fedavg", "lbgm", "topk+lbgm"])
 def test_a_star_on_the_gpu_is_the_replicated_run_on_the_gpu(tmp_path, method):
-    """3 ranks sharing one GPU (a dedicated server): device tensors through the star's sends give
+    """3 ranks sharing one GPU (rank 0 also hosts clients): device tensors through the sends give
     the replicated topology's decisions and accuracy."""
     gpu = ["--set", "system.device=cuda", "--set", "system.allow_gpu_sharing=true"]
     lbgm(3, "compare", "configs/default.toml", *BASE, *gpu, "--methods", f"{method},{method}@star",
