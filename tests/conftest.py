@@ -53,6 +53,17 @@ def lbgm(np: int, *cli_args: str, **kw):
     return run_mpi(np, ["-m", "lbgm_mpi", *cli_args], **kw)
 
 
+BATCH = REPO / "tests" / "mpi" / "batch.py"
+
+
+def lbgm_batch(np: int, *commands: list[str], **kw):
+    """Run several ``python -m lbgm_mpi ARGS`` commands (each a list of CLI arguments) one after
+    the other in ONE job on ``np`` ranks (tests/mpi/batch.py): each is the CLI's main(ARGS), as
+    compare runs its methods, with one launch and one set of imports for all of them. For jobs
+    whose outputs the tests read; a command's own exit status, stderr or signals need ``lbgm``."""
+    return run_mpi(np, [str(BATCH), json.dumps([list(c) for c in commands])], **kw)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

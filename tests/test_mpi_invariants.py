@@ -11,7 +11,7 @@
 
 import pytest
 
-from conftest import FAST, RANKS, lbgm, read_metrics, read_summary, without_timing
+from conftest import FAST, RANKS, lbgm_batch, read_metrics, read_summary, without_timing
 
 DETERMINISTIC = ("round", "test_acc", "test_loss", "train_loss", "participants", "refreshes",
                  "scalars", "uplink_bytes", "dense_uplink_bytes")
@@ -21,20 +21,30 @@ PARTIAL = ["--set", "clients.count=6", "--set", "clients.per_round=4",
 SHARED_SMALL = ["--set", "system.bank=shared", "--set", "system.max_message_bytes=4096"]
 
 
+HIGH = ["configs/default.toml", "--set", "run.rounds=20", "--set", "algo.threshold=0.9",
+        "--methods", "fedavg,lbgm", "--quiet"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """For each rank count: FedAvg, LBGM (threshold 0.3) and LBGM at threshold 0."""
+    """For each rank count: FedAvg, LBGM (threshold 0.3) and LBGM at threshold 0, the partial
+    layer run with a bank per rank and with a shared bank in small messages; at 4 ranks also the
+    default job's compare at threshold 0.9 ("high"). One job per rank count runs them one after
+    the other (conftest.lbgm_batch)."""
     out = {}
     for np_ in RANKS:
         base = tmp_path_factory.mktemp(f"np{np_}")
-        lbgm(np_, "compare", "configs/default.toml", *FAST, "--set", "algo.threshold=0.3",
-             "--methods", "fedavg,lbgm", "--out", str(base), "--quiet")
-        lbgm(np_, "train", "configs/default.toml", *FAST, "--set", "algo.threshold=0",
-             "--out", str(base / "lbgm0"), "--quiet")
-        lbgm(np_, "train", "configs/default.toml", *FAST, *PARTIAL,
-             "--out", str(base / "layer"), "--quiet")
-        lbgm(np_, "train", "configs/default.toml", *FAST, *PARTIAL, *SHARED_SMALL,
-             "--out", str(base / "layer-shared"), "--quiet")
+        jobs = [["compare", "configs/default.toml", *FAST, "--set", "algo.threshold=0.3",
+                 "--methods", "fedavg,lbgm", "--out", str(base), "--quiet"],
+                ["train", "configs/default.toml", *FAST, "--set", "algo.threshold=0",
+                 "--out", str(base / "lbgm0"), "--quiet"],
+                ["train", "configs/default.toml", *FAST, *PARTIAL,
+                 "--out", str(base / "layer"), "--quiet"],
+                ["train", "configs/default.toml", *FAST, *PARTIAL, *SHARED_SMALL,
+                 "--out", str(base / "layer-shared"), "--quiet"]]
+        if np_ == 4:
+            jobs.append(["compare", *HIGH, "--out", str(base / "high")])
+        lbgm_batch(np_, *jobs)
         out[np_] = base
     return out
 
@@ -105,9 +115,8 @@ def test_bytes_reported_equal_bytes_handed_to_mpi(runs, np_):
 
 
 @pytest.mark.mpi
-def test_high_threshold_hands_far_fewer_bytes_to_mpi(tmp_path):
-    lbgm(4, "compare", "configs/default.toml", "--set", "run.rounds=20", "--set",
-         "algo.threshold=0.9", "--methods", "fedavg,lbgm", "--out", str(tmp_path), "--quiet")
-    fed, lb = read_summary(tmp_path / "fedavg"), read_summary(tmp_path / "lbgm")
+def test_high_threshold_hands_far_fewer_bytes_to_mpi(runs):
+    high = runs[4] / "high"
+    fed, lb = read_summary(high / "fedavg"), read_summary(high / "lbgm")
     assert lb["total_mpi_bytes"] <= 0.1 * fed["total_mpi_bytes"]
     assert lb["total_uplink_bytes"] <= 0.1 * fed["total_uplink_bytes"]
