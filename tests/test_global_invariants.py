@@ -11,7 +11,7 @@
 
 import pytest
 
-from conftest import FAST, RANKS, lbgm, read_metrics, read_summary, without_timing
+from conftest import FAST, RANKS, lbgm_batch, read_metrics, read_summary, without_timing
 
 from lbgm_mpi.algorithm.global_lookback import sketch_widths
 
@@ -28,24 +28,45 @@ STACKED = ["--set", "algo.rank=2", "--set", "algo.scope=global", "--set",
            "algo.compressor=powersgd", "--set", "algo.error_feedback=true"]
 
 
+RESUMABLE = [*GLOBAL, *LAYER_EF]
+CUT = ["train", "configs/default.toml", *RESUMABLE, "--set", "run.rounds=6", "--quiet"]
+
+
+def _resume(out):
+    return ["train", "configs/default.toml", *RESUMABLE, "--out", str(out), "--resume", "latest",
+            "--quiet"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """For each rank count: FedAvg and the global methods, global LBGM at threshold 0, and
-    global LBGM per layer with error feedback and partial participation."""
+    """For each rank count: FedAvg and the global methods, global LBGM at threshold 0, global
+    LBGM per layer with error feedback and partial participation, stacked on PowerSGD at a high
+    threshold and at threshold 0. One job per rank count runs them one after the other
+    (conftest.lbgm_batch); the 2-rank job also cuts the resumable run twice at round 6, and
+    another job resumes each (at 4 ranks: the 4-rank job; at 2 ranks: a job of its own)."""
     out = {}
-    for np_ in RANKS:
+    for np_ in (2, 4, 1):
         base = tmp_path_factory.mktemp(f"np{np_}")
-        lbgm(np_, "compare", "configs/default.toml", *GLOBAL, "--set", "algo.rank=2",
-             "--methods", METHODS, "--out", str(base), "--quiet")
-        lbgm(np_, "train", "configs/default.toml", *GLOBAL, "--set", "algo.scope=global",
-             "--set", "algo.threshold=0", "--out", str(base / "zero"), "--quiet")
-        lbgm(np_, "train", "configs/default.toml", *GLOBAL, *LAYER_EF,
-             "--out", str(base / "layer-ef"), "--quiet")
-        # stacked on PowerSGD with error feedback the aggregate keeps much outside the span of
-        # the rank-2 approximations: scalar rounds need a high threshold
-        lbgm(np_, "train", "configs/default.toml", *GLOBAL, *STACKED, "--set",
-             "algo.threshold=0.9", "--out", str(base / "stacked-high"), "--quiet")
+        jobs = [["compare", "configs/default.toml", *GLOBAL, "--set", "algo.rank=2",
+                 "--methods", METHODS, "--out", str(base), "--quiet"],
+                ["train", "configs/default.toml", *GLOBAL, "--set", "algo.scope=global",
+                 "--set", "algo.threshold=0", "--out", str(base / "zero"), "--quiet"],
+                ["train", "configs/default.toml", *GLOBAL, *LAYER_EF,
+                 "--out", str(base / "layer-ef"), "--quiet"],
+                # stacked on PowerSGD with error feedback the aggregate keeps much outside the
+                # span of the rank-2 approximations: scalar rounds need a high threshold
+                ["train", "configs/default.toml", *GLOBAL, *STACKED, "--set",
+                 "algo.threshold=0.9", "--out", str(base / "stacked-high"), "--quiet"],
+                ["train", "configs/default.toml", *GLOBAL, *STACKED, "--set",
+                 "algo.threshold=0", "--out", str(base / "stacked-zero"), "--quiet"]]
+        if np_ == 2:  # cut at 2 ranks, for a resume at 2 and one at 4
+            jobs += [[*CUT, "--out", str(base / "resumed-2-2")],
+                     [*CUT, "--out", str(base / "resumed-2-4")]]
+        if np_ == 4:  # in another process than the cut's
+            jobs.append(_resume(out[2] / "resumed-2-4"))
+        lbgm_batch(np_, *jobs)
         out[np_] = base
+    lbgm_batch(2, _resume(out[2] / "resumed-2-2"))
     return out
 
 
@@ -106,27 +127,20 @@ def test_bytes_reported_equal_bytes_handed_to_mpi(runs, np_):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("np_", RANKS)
-def test_stacked_at_threshold_zero_is_allreduce_powersgd(tmp_path, runs, np_):
-    lbgm(np_, "train", "configs/default.toml", *GLOBAL, *STACKED, "--set", "algo.threshold=0",
-         "--out", str(tmp_path), "--quiet")
+def test_stacked_at_threshold_zero_is_allreduce_powersgd(runs, np_):
     alone = _untimed(read_metrics(runs[np_] / "allreduce-powersgd"))
-    assert _untimed(read_metrics(tmp_path)) == alone
-    d = read_summary(tmp_path)["num_params"]
+    assert _untimed(read_metrics(runs[np_] / "stacked-zero")) == alone
+    d = read_summary(runs[np_] / "stacked-zero")["num_params"]
     assert all(r["uplink_bytes"] < 0.5 * r["dense_uplink_bytes"] for r in alone), d
-
-
-RESUMABLE = [*GLOBAL, *LAYER_EF]
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("first, second", [(2, 2), (2, 4)])
-def test_resume_equals_an_uninterrupted_run(runs, tmp_path, first, second):
-    lbgm(first, "train", "configs/default.toml", *RESUMABLE, "--set", "run.rounds=6",
-         "--out", str(tmp_path), "--quiet")
-    lbgm(second, "train", "configs/default.toml", *RESUMABLE, "--out", str(tmp_path),
-         "--resume", "latest", "--quiet")
+def test_resume_equals_an_uninterrupted_run(runs, first, second):
+    """The run cut at round 6 on ``first`` ranks (see runs) and resumed on ``second``."""
     whole = read_metrics(runs[first] / "layer-ef")
-    got = read_metrics(tmp_path)
+    got = read_metrics(runs[first] / f"resumed-{first}-{second}")
+    assert [r["round"] for r in got] == list(range(1, 13))
     if first == second:
         assert without_timing(got) == without_timing(whole)
     else:  # the residuals' sum lands on rank 0: equal up to summation order
