@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from conftest import FAST, RANKS, lbgm, read_metrics, read_summary, without_timing
+from conftest import FAST, RANKS, lbgm_batch, read_metrics, read_summary, without_timing
 
 M = 3
 WARMUP = 2
@@ -27,18 +27,36 @@ DETERMINISTIC = ("round", "test_acc", "test_loss", "train_loss", "participants",
                  "scalars", "uplink_bytes", "dense_uplink_bytes", "downlink_bytes", "mpi_bytes")
 
 
+def _cut(out):
+    return ["train", *VARIANT, *LAYER, "--set", "run.rounds=4", "--out", str(out)]
+
+
+def _resume(out):
+    return ["train", *VARIANT, *LAYER, "--out", str(out), "--resume", "latest"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """For each rank count: the variant at model and at layer granularity; at 1 rank also the
-    layer run with a constant threshold."""
+    layer run with a constant threshold. One job per rank count runs them one after the other
+    (conftest.lbgm_batch); the 4- and 2-rank jobs also cut the layer run at round 4
+    ("resumed-4-1", "resumed-2-2"), resumed by another job on 1 and on 2 ranks."""
     out = {}
-    for np_ in RANKS:
+    for np_ in (4, 2, 1):
         base = tmp_path_factory.mktemp(f"m{M}np{np_}")
-        lbgm(np_, "train", *VARIANT, "--out", str(base / "model"))
-        lbgm(np_, "train", *VARIANT, *LAYER, "--out", str(base / "layer"))
+        jobs = [["train", *VARIANT, "--out", str(base / "model")],
+                ["train", *VARIANT, *LAYER, "--out", str(base / "layer")]]
+        if np_ == 4:
+            jobs.append(_cut(base / "resumed-4-1"))
+        if np_ == 2:
+            jobs.append(_cut(base / "resumed-2-2"))
+        if np_ == 1:
+            jobs += [["train", *VARIANT, *LAYER, "--set", "algo.threshold_decay=1",
+                      "--out", str(base / "constant")],
+                     _resume(out[4] / "resumed-4-1")]
+        lbgm_batch(np_, *jobs)
         out[np_] = base
-    lbgm(1, "train", *VARIANT, *LAYER, "--set", "algo.threshold_decay=1",
-         "--out", str(out[1] / "constant"))
+    lbgm_batch(2, _resume(out[2] / "resumed-2-2"))
     return out
 
 
@@ -103,8 +121,8 @@ def test_warmup_refreshes_everything_and_decay_sends_fewer_scalars_over_time(run
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("first, second", [(2, 2), (4, 1)])
-def test_resume_with_three_lookbacks_equals_an_uninterrupted_run(runs, tmp_path, first, second):
-    lbgm(first, "train", *VARIANT, *LAYER, "--set", "run.rounds=4", "--out", str(tmp_path))
-    lbgm(second, "train", *VARIANT, *LAYER, "--out", str(tmp_path), "--resume", "latest")
-    assert without_timing(read_metrics(tmp_path)) == without_timing(
+def test_resume_with_three_lookbacks_equals_an_uninterrupted_run(runs, first, second):
+    """The layer run cut at round 4 on ``first`` ranks and resumed on ``second`` (see runs)."""
+    resumed = runs[first] / f"resumed-{first}-{second}"
+    assert without_timing(read_metrics(resumed)) == without_timing(
         read_metrics(runs[1] / "layer"))
