@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, RANKS, lbgm, read_metrics, read_summary, without_timing
+from conftest import FAST, RANKS, lbgm_batch, read_metrics, read_summary, without_timing
 from lbgm_mpi.algorithm.fedluar import candidate_layers, draw_recycled, recycle_weights
 from lbgm_mpi.comm.mpi import Comm
 from lbgm_mpi.config import load_config
@@ -125,18 +125,33 @@ def test_config_errors_name_the_key():
 RECYCLE = ["--set", "algo.recycle_layers=1"]
 
 
+LUAR = ["configs/default.toml", *FAST, "--set", "algo.name=fedluar", *RECYCLE, "--quiet"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """For each rank count: FedAvg and FedLUAR (one layer recycled), and FedLUAR recycling
-    nothing."""
+    nothing. One job per rank count runs them one after the other (conftest.lbgm_batch); the 4-
+    and 2-rank jobs also cut FedLUAR at round 3 ("resumed-4-1", "resumed-2-2"), resumed by
+    another job on 1 and on 2 ranks, and the jobs on those ranks run it whole ("whole")."""
     out = {}
-    for np_ in RANKS:
+    for np_ in (4, 2, 1):
         base = tmp_path_factory.mktemp(f"luar{np_}")
-        lbgm(np_, "compare", "configs/default.toml", *FAST, *RECYCLE, "--methods",
-             "fedavg,fedluar", "--out", str(base), "--quiet")
-        lbgm(np_, "train", "configs/default.toml", *FAST, "--set", "algo.name=fedluar",
-             "--set", "algo.recycle_layers=0", "--out", str(base / "none"), "--quiet")
+        jobs = [["compare", "configs/default.toml", *FAST, *RECYCLE, "--methods",
+                 "fedavg,fedluar", "--out", str(base), "--quiet"],
+                ["train", "configs/default.toml", *FAST, "--set", "algo.name=fedluar",
+                 "--set", "algo.recycle_layers=0", "--out", str(base / "none"), "--quiet"]]
+        if np_ in (4, 2):
+            jobs.append(["train", *LUAR, "--set", "run.rounds=3",
+                         "--out", str(base / f"resumed-{np_}-{1 if np_ == 4 else 2}")])
+        if np_ in (2, 1):
+            jobs.append(["train", *LUAR, "--out", str(base / "whole")])
+        if np_ == 1:
+            jobs.append(["train", *LUAR, "--out", str(out[4] / "resumed-4-1"),
+                         "--resume", "latest"])
+        lbgm_batch(np_, *jobs)
         out[np_] = base
+    lbgm_batch(2, ["train", *LUAR, "--out", str(out[2] / "resumed-2-2"), "--resume", "latest"])
     return out
 
 
@@ -187,12 +202,11 @@ def test_fedluar_bytes_follow_the_formula(runs, np_):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("first, second", [(2, 2), (4, 1)])
-def test_fedluar_resume_equals_an_uninterrupted_run(tmp_path, first, second):
-    run = ["configs/default.toml", *FAST, "--set", "algo.name=fedluar", *RECYCLE, "--quiet"]
-    lbgm(first, "train", *run, "--set", "run.rounds=3", "--out", str(tmp_path / "resumed"))
-    lbgm(second, "train", *run, "--out", str(tmp_path / "resumed"), "--resume", "latest")
-    lbgm(second, "train", *run, "--out", str(tmp_path / "whole"))
-    resumed, whole = read_metrics(tmp_path / "resumed"), read_metrics(tmp_path / "whole")
+def test_fedluar_resume_equals_an_uninterrupted_run(runs, first, second):
+    """Cut at round 3 on ``first`` ranks, resumed on ``second``, against the whole run on
+    ``second`` ranks (see runs)."""
+    resumed = read_metrics(runs[first] / f"resumed-{first}-{second}")
+    whole = read_metrics(runs[second] / "whole")
     if first == second:
         assert without_timing(resumed) == without_timing(whole)
         return
