@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env, mpirun_cmd, read_metrics, without_timing
+from conftest import FAST, REPO, lbgm, lbgm_batch, mpi_env, mpirun_cmd, read_metrics, without_timing
 from lbgm_mpi.checkpoint.store import (CheckpointError, checkpoint_layout, checkpoint_path,
                                        list_checkpoints, prune_checkpoints, read_checkpoint,
                                        read_rows, write_checkpoint)
@@ -106,19 +106,39 @@ def test_kill_9_during_a_write_leaves_the_previous_checkpoint(tmp_path):
 
 # ---- resume ---------------------------------------------------------------------------------
 
+RESUMES = [(1, 1), (2, 2), (4, 4), (2, 4), (4, 1)]
+STACKED = [*RUN, "--set", "algo.compressor=powersgd", "--set", "algo.rank=2",
+           "--set", "algo.error_feedback=true"]
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole")
-    lbgm(2, "train", *RUN, "--out", str(out))
-    return read_metrics(out)
+def resumed(tmp_path_factory):
+    """The resume matrix and the stacked run's: each run cut at round 3 on FIRST ranks, then
+    resumed on SECOND ranks in another job; with the uninterrupted runs. Jobs of several
+    commands (conftest.lbgm_batch), ordered so that no run is resumed in the job that cut it:
+    {(first, second): folder, "whole": folder, "stacked-whole": ..., "stacked-cut": ...}."""
+    base = tmp_path_factory.mktemp("resume")
+    out = {pair: base / f"resumed-{pair[0]}-{pair[1]}" for pair in RESUMES}
+    out.update({k: base / k for k in ("whole", "stacked-whole", "stacked-cut")})
+    cut = lambda pair: ["train", *RUN, "--set", "run.rounds=3", "--out", str(out[pair])]
+    resume = lambda pair: ["train", *RUN, "--out", str(out[pair]), "--resume", "latest"]
+    lbgm_batch(4, cut((4, 4)), cut((4, 1)))
+    lbgm_batch(1, cut((1, 1)), resume((4, 1)))
+    lbgm_batch(2, ["train", *RUN, "--out", str(out["whole"])], cut((2, 2)), cut((2, 4)),
+               ["train", *STACKED, "--out", str(out["stacked-whole"])],
+               ["train", *STACKED, "--set", "run.rounds=3", "--out", str(out["stacked-cut"])])
+    lbgm_batch(4, resume((4, 4)), resume((2, 4)),
+               ["train", *STACKED, "--out", str(out["stacked-cut"]), "--resume", "latest"])
+    lbgm_batch(2, resume((2, 2)))
+    lbgm_batch(1, resume((1, 1)))
+    return out
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("first, second", [(1, 1), (2, 2), (4, 4), (2, 4), (4, 1)])
-def test_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path, first, second):
-    lbgm(first, "train", *RUN, "--set", "run.rounds=3", "--out", str(tmp_path))
-    lbgm(second, "train", *RUN, "--out", str(tmp_path), "--resume", "latest")
-    assert without_timing(read_metrics(tmp_path)) == without_timing(uninterrupted)
+@pytest.mark.parametrize("first, second", RESUMES)
+def test_resume_equals_an_uninterrupted_run(resumed, first, second):
+    assert without_timing(read_metrics(resumed[first, second])) == \
+        without_timing(read_metrics(resumed["whole"]))
 
 
 @pytest.mark.mpi
@@ -177,8 +197,8 @@ def test_sigterm_to_one_rank_checkpoints_the_whole_job(tmp_path):
     assert 3 <= stopped < 400
     assert list_checkpoints(run / "checkpoints")[-1].name == f"round-{stopped:06d}.h5"
     total = ["--set", f"run.rounds={stopped + 2}"]
-    lbgm(2, "train", *RUN, *total, "--out", str(run), "--resume", "latest")
-    lbgm(2, "train", *RUN, *total, "--out", str(tmp_path / "whole"))
+    lbgm_batch(2, ["train", *RUN, *total, "--out", str(run), "--resume", "latest"],
+               ["train", *RUN, *total, "--out", str(tmp_path / "whole")])
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "whole"))
 
 
@@ -190,20 +210,16 @@ def test_inspect_prints_round_and_checksum(tmp_path):
 
 
 @pytest.mark.mpi
-def test_resume_keeps_compressor_and_error_feedback_state(tmp_path):
+def test_resume_keeps_compressor_and_error_feedback_state(resumed):
     """PowerSGD's warm-start factors and the error-feedback residuals live on the clients' host
-    ranks; a resume on another rank count must restore them exactly."""
-    stacked = [*RUN, "--set", "algo.compressor=powersgd", "--set", "algo.rank=2",
-               "--set", "algo.error_feedback=true"]
-    lbgm(2, "train", *stacked, "--out", str(tmp_path / "whole"))
-    lbgm(2, "train", *stacked, "--set", "run.rounds=3", "--out", str(tmp_path / "cut"))
-    ckpt = list_checkpoints(tmp_path / "cut" / "checkpoints")[-1]
+    ranks; a resume on another rank count (cut on 2 ranks, resumed on 4: see resumed) must
+    restore them exactly."""
+    ckpt = resumed["stacked-cut"] / "checkpoints" / "round-000003.h5"
     arrays, _ = read_checkpoint(ckpt)
     assert any(name.endswith("ef_residual") for name in arrays), sorted(arrays)
     assert any("psgd_q" in name for name in arrays), sorted(arrays)
-    lbgm(4, "train", *stacked, "--out", str(tmp_path / "cut"), "--resume", "latest")
-    assert without_timing(read_metrics(tmp_path / "cut")) == \
-        without_timing(read_metrics(tmp_path / "whole"))
+    assert without_timing(read_metrics(resumed["stacked-cut"])) == \
+        without_timing(read_metrics(resumed["stacked-whole"]))
 
 
 @pytest.mark.mpi
