@@ -33,6 +33,40 @@ def worker(np_: int, mode: str, out, monkeypatch, *args: str):
     return json.loads(out.read_text()) if out.suffix == ".json" else None
 
 
+def workers(np_: int, jobs: list[list[str]], monkeypatch) -> None:
+    """Run several of the worker's jobs (each a MODE and its options, --out included) one after
+    the other in one process group on ``np_`` ranks (worker.py many)."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    run_mpi(np_, [WORKER, "many", json.dumps(jobs)], timeout=TIMEOUT_S)
+
+
+def _short_jobs(np_: int) -> dict:
+    """name -> the worker's arguments (without --out) of the short jobs at ``np_`` ranks."""
+    jobs = {f"equal-{t}": ["equal", "--threshold", t, "--steps", "8", "--start-iter", "2"]
+            for t in ("0", "1e-12")}
+    jobs["decide"] = ["decide", "--threshold", "0.7", "--steps", "16", "--start-iter", "2"]
+    jobs["resize"] = ["resize", "--threshold", "0.5"]
+    if np_ == 2:
+        jobs["group"] = ["group", "--threshold", "0.5"]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory):
+    """Rank 0's JSON of every short job (equal, decide, resize, group), all of one rank count in
+    one launch: {(np_, name): result}."""
+    base, results = tmp_path_factory.mktemp("ddp"), {}
+    with pytest.MonkeyPatch.context() as mp:
+        for np_ in (2, 4):
+            jobs = _short_jobs(np_)
+            workers(np_, [[*args, "--out", str(base / f"{np_}-{name}.json")]
+                          for name, args in jobs.items()], mp)
+            for name in jobs:
+                results[np_, name] = json.loads((base / f"{np_}-{name}.json").read_text())
+    return results
+
+
 # ---- without processes ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("env, expected", [
@@ -72,11 +106,10 @@ def test_state_round_trip_before_training():
 @pytest.mark.mpi
 @pytest.mark.parametrize("np_", [2, 4])
 @pytest.mark.parametrize("threshold", ["0", "1e-12"])
-def test_threshold_zero_is_allreduce(np_, threshold, tmp_path, monkeypatch):
+def test_threshold_zero_is_allreduce(np_, threshold, short):
     """Threshold 0 (no record), and a tiny threshold (the record is sent, every bucket still
     refreshes): the gradients equal DDP's default Allreduce at every step, across 2 buckets."""
-    res = worker(np_, "equal", tmp_path / "r.json", monkeypatch, "--threshold", threshold,
-                 "--steps", "8", "--start-iter", "2")
+    res = short[np_, f"equal-{threshold}"]
     assert res["launcher"] == "mpirun" and res["world_size"] == np_
     assert len(res["max_diff_per_step"]) == 8
     assert max(res["max_diff_per_step"]) <= 1e-6, res["max_diff_per_step"]
@@ -88,11 +121,10 @@ def test_threshold_zero_is_allreduce(np_, threshold, tmp_path, monkeypatch):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("np_", [2, 4])
-def test_decisions_agree_and_bytes_counted(np_, tmp_path, monkeypatch):
+def test_decisions_agree_and_bytes_counted(np_, short):
     """Threshold 0.7: scalar buckets happen; every rank takes the same decisions and ends with
     the same parameters; the bytes each rank counts equal those it handed to dist.all_reduce."""
-    res = worker(np_, "decide", tmp_path / "r.json", monkeypatch, "--threshold", "0.7",
-                 "--steps", "16", "--start-iter", "2")
+    res = short[np_, "decide"]
     ranks = res["ranks"]
     assert len(ranks) == np_
     first = ranks[0]
@@ -117,9 +149,9 @@ def test_resume_is_exact(np_, bucket_mb, tmp_path, monkeypatch):
     order than the rebuilt buckets: the hook maps it onto the saved ones)."""
     common = ["train", "--threshold", "0.7", "--bucket-mb", bucket_mb, "--start-iter", "2"]
     full, resumed = tmp_path / "full.pt", tmp_path / "resumed.pt"
-    worker(np_, common[0], full, monkeypatch, *common[1:], "--steps", "12")
-    worker(np_, common[0], tmp_path / "half.pt", monkeypatch, *common[1:], "--steps", "6",
-           "--save", str(tmp_path / "ckpt"))
+    workers(np_, [[*common, "--steps", "12", "--out", str(full)],
+                  [*common, "--steps", "6", "--save", str(tmp_path / "ckpt"),
+                   "--out", str(tmp_path / "half.pt")]], monkeypatch)
     worker(np_, common[0], resumed, monkeypatch, *common[1:], "--steps", "6",
            "--load", str(tmp_path / "ckpt"))
     a, b = torch.load(full), torch.load(resumed)
@@ -130,16 +162,16 @@ def test_resume_is_exact(np_, bucket_mb, tmp_path, monkeypatch):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("np_", [2, 4])
-def test_bucket_changing_size_is_one_clear_error(np_, tmp_path, monkeypatch):
-    res = worker(np_, "resize", tmp_path / "r.json", monkeypatch, "--threshold", "0.5")
+def test_bucket_changing_size_is_one_clear_error(np_, short):
+    res = short[np_, "resize"]
     assert res["type"] == "LBGMHookError"
     assert "DDP bucket 0 changed size: it held 4485 values" in res["error"]
     assert "holds 6303 now" in res["error"]
 
 
 @pytest.mark.mpi
-def test_state_of_another_world_size_or_rank_is_refused(tmp_path, monkeypatch):
-    res = worker(2, "group", tmp_path / "r.json", monkeypatch, "--threshold", "0.5")
+def test_state_of_another_world_size_or_rank_is_refused(short):
+    res = short[2, "group"]
     assert "saved by a process group of 3 processes; this one has 2" in res["size_error"]
     assert "this is rank 0, the LBGM hook state was saved by rank 1" in res["rank_error"]
 

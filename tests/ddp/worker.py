@@ -12,6 +12,11 @@ writes what the test checks as JSON to --out. Modes:
              final parameters go to --out (rank 0, as a torch file);
   resize     the state is reused on a model whose bucket has another size: the error;
   group      a state saved at another world size, or by another rank, is refused.
+
+``worker.py many JSON`` runs several of these, JSON being a list of argument lists (each a MODE
+and its options), one after the other in one process group, each on its own models, optimizers
+and hook state: one launch for several short jobs (a resume from --load still needs a process
+group of its own, since that is what it tests).
 """
 
 import argparse
@@ -170,7 +175,7 @@ def mode_group(args, rank):
     return errors
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["equal", "decide", "train", "resize", "group"])
     p.add_argument("--out", required=True)
@@ -182,18 +187,25 @@ def main():
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--load")
     p.add_argument("--save")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    argv = sys.argv[1:]
+    jobs = json.loads(argv[1]) if argv[:1] == ["many"] else [argv]
+    jobs = [parser().parse_args(job) for job in jobs]
     torch.set_num_threads(1)
     info = init_process_group_from_env(timeout=timedelta(seconds=120))
-    result = globals()[f"mode_{args.mode}"](args, info.rank)
-    if result is not None and info.rank == 0:
-        result["launcher"] = info.launcher
-        result["world_size"] = info.world_size
-        Path(args.out).write_text(json.dumps(result))
-    # DDP's reducer and gloo's pending work hold tensors and the process group: free them while
-    # the interpreter is alive (at its teardown gloo's threads can abort the process)
-    gc.collect()
-    dist.barrier()
+    for args in jobs:
+        result = globals()[f"mode_{args.mode}"](args, info.rank)
+        if result is not None and info.rank == 0:
+            result["launcher"] = info.launcher
+            result["world_size"] = info.world_size
+            Path(args.out).write_text(json.dumps(result))
+        # DDP's reducer and gloo's pending work hold tensors and the process group: free them
+        # while the interpreter is alive (at its teardown gloo's threads can abort the process)
+        gc.collect()
+        dist.barrier()
     dist.destroy_process_group()
     gc.collect()
     return 0
