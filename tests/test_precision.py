@@ -6,7 +6,7 @@ rounds, not the single last round."""
 
 import pytest
 
-from conftest import lbgm, read_metrics, read_summary
+from conftest import lbgm_batch, read_metrics, read_summary
 
 
 def _last5(run_dir) -> float:
@@ -16,9 +16,10 @@ def _last5(run_dir) -> float:
 
 @pytest.mark.mpi
 def test_bf16_local_training_lands_within_one_point_of_fp32(tmp_path):
-    for precision in ("fp32", "bf16"):
-        lbgm(4, "train", "configs/default.toml", "--set", f"system.precision={precision}",
-             "--out", str(tmp_path / precision), "--quiet", timeout=300)
+    # both runs in one job, under the two launches' timeouts together
+    lbgm_batch(4, *[["train", "configs/default.toml", "--set", f"system.precision={precision}",
+                     "--out", str(tmp_path / precision), "--quiet"]
+                    for precision in ("fp32", "bf16")], timeout=600)
     fp32, bf16 = read_summary(tmp_path / "fp32"), read_summary(tmp_path / "bf16")
     assert abs(fp32["best_acc"] - bf16["best_acc"]) <= 0.01
     assert abs(_last5(tmp_path / "fp32") - _last5(tmp_path / "bf16")) <= 0.01
