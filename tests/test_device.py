@@ -7,7 +7,7 @@ compare them (benchmarks/gpu_check.sh runs them on a GPU machine)."""
 import pytest
 import torch
 
-from conftest import FAST, lbgm, read_metrics, read_summary, without_timing
+from conftest import FAST, lbgm, lbgm_batch, read_metrics, read_summary, without_timing
 from lbgm_mpi.comm.mpi import Comm
 
 RUN = ["configs/default.toml", *FAST, "--set", "algo.threshold=0.3", "--quiet"]
@@ -40,9 +40,9 @@ def test_asking_for_cuda_without_a_gpu_is_one_line(tmp_path):
 @pytest.mark.mpi
 def test_bfloat16_bank_is_rank_invariant_and_close_to_float32(tmp_path):
     bf16 = ["--set", "system.bank_dtype=bfloat16"]
-    lbgm(1, "train", *RUN, *bf16, "--out", str(tmp_path / "bf1"))
+    lbgm_batch(1, ["train", *RUN, *bf16, "--out", str(tmp_path / "bf1")],
+               ["train", *RUN, "--out", str(tmp_path / "f32")])
     lbgm(2, "train", *RUN, *bf16, "--out", str(tmp_path / "bf2"))
-    lbgm(1, "train", *RUN, "--out", str(tmp_path / "f32"))
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("mpi_bytes", "downlink_bytes")}
                           for r in without_timing(rows)]
     assert strip(read_metrics(tmp_path / "bf1")) == strip(read_metrics(tmp_path / "bf2"))
