@@ -107,11 +107,14 @@ def test_seed_selection_and_errors(tmp_path):
 def test_compare_and_report_over_seeds(tmp_path):
     """Each seed's runs equal a plain compare at that seed; the table is over both seeds, and
     report --seeds prints the same table from the run folders."""
-    from conftest import FAST, lbgm, read_metrics, without_timing
+    from conftest import FAST, lbgm, lbgm_batch, read_metrics, without_timing
     common = ["configs/default.toml", *FAST, "--set", "run.rounds=4", "--methods", "fedavg,lbgm",
               "--quiet"]
-    out = lbgm(2, "compare", *common, "--seeds", "3,1", "--out", str(tmp_path / "cmp")).stdout
-    lbgm(2, "compare", *common, "--set", "run.seed=1", "--out", str(tmp_path / "one"))
+    # one job: the compare over seeds (whose table is read from the output, printed first), then
+    # the plain compare at seed 1
+    out = lbgm_batch(2, ["compare", *common, "--seeds", "3,1", "--out", str(tmp_path / "cmp")],
+                     ["compare", *common, "--set", "run.seed=1",
+                      "--out", str(tmp_path / "one")]).stdout
     for method in ("fedavg", "lbgm"):
         assert without_timing(read_metrics(tmp_path / "cmp" / "seed-1" / method)) == \
             without_timing(read_metrics(tmp_path / "one" / method))
