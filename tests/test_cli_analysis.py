@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, read_summary, without_timing
+from conftest import FAST, REPO, lbgm, lbgm_batch, mpi_env, read_metrics, read_summary, without_timing
 from test_data_formats import _write_mnist
 from test_failures import _assert_clean_failure
 
@@ -128,9 +128,9 @@ def test_training_from_hdf5_reads_per_rank_and_matches_the_embedded_set(tmp_path
     h5 = tmp_path / "digits.h5"
     lbgm(1, "data", "convert", "digits", "--out", str(h5), timeout=120)
     common = ["configs/default.toml", "--set", "run.rounds=4", "--quiet"]
-    lbgm(2, "train", *common, "--out", str(tmp_path / "embedded"))
-    lbgm(2, "train", *common, "--set", "data.name=hdf5", "--set", f"data.root={h5}",
-         "--out", str(tmp_path / "file"))
+    lbgm_batch(2, ["train", *common, "--out", str(tmp_path / "embedded")],
+               ["train", *common, "--set", "data.name=hdf5", "--set", f"data.root={h5}",
+                "--out", str(tmp_path / "file")])
     assert without_timing(read_metrics(tmp_path / "file")) == \
         without_timing(read_metrics(tmp_path / "embedded"))
 
