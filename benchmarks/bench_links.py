@@ -120,6 +120,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-only", default=None, metavar="JSON[,JSON...]",
                    help="print the MODEL's predictions from this results JSON (fit, local "
                         "seconds, profiles; later files add methods); run nothing")
+    p.add_argument("--rebuild", default=None, metavar="JSON",
+                   help="write this results JSON's report, JSON and plot again from the run "
+                        "folders its run kept (--runs DIR), with this code's tables and MODEL; "
+                        "runs nothing (OUT defaults to the JSON's prefix)")
     p.add_argument("--profile-runs", default=None, metavar="DIR",
                    help="with --model-only: also model the methods of this compare folder")
     args = p.parse_args(argv)
@@ -393,7 +397,7 @@ def predict_split(params: dict, profiles: dict, alone: dict,
                 per_round.append({"links": links.label(), "ranks": ranks, "method": method,
                                   "comm_s": starmodel.round_comm(params, prof, ranks, links,
                                                                  every=True),
-                                  "local_s": costmodel.local_s(prof, alone, ranks)})
+                                  "local_s": starmodel.local_s(prof, alone, ranks)})
                 if fed is not None and prof["kind"] == "star-gather":
                     fed_s = starmodel.star_round(params, fed, ranks, links)
                     ratio = lambda f: starmodel.star_round(  # noqa: B023 (used at once)
@@ -802,8 +806,10 @@ def report_text(args, results, targets, alone, model) -> str:
                             if t is not None) or "none (no FedAvg run)"
     fit_from = f" (collective timings of {args.reuse_fit})" if args.reuse_fit else ""
     server = f"; the star's server: {args.server}" if args.server else ""
+    measured_by = getattr(args, "measured_by", None)
     head = [
-        f"command: python {' '.join(sys.argv)}",
+        f"command: python {' '.join(sys.argv)}"
+        + (f"\nrebuilt from the run folders of: {measured_by}" if measured_by else ""),
         f"{args.ranks} ranks, one per namespace host; {links_text(args)} (tc tbf, "
         f"no added delay){server}; Open MPI pins: {' '.join(costmodel.mca_args())}\n"
         f"target accuracies {target_text} x {reference or 'FedAvg'}'s best; on one rank "
@@ -866,11 +872,20 @@ def run_profiles(folder: Path, alone: dict) -> dict:
     return out
 
 
-def saved_profiles(model: dict) -> dict:
-    """Every method's profile in a results JSON's model (split links keep them in "profiles")."""
+def saved_profiles(data: dict) -> dict:
+    """Every method's profile in a results JSON (split links keep them in model["profiles"]),
+    each with its clients a round (from the results where the profile lacks them)."""
+    model = data["model"]
     if "profiles" in model:
-        return dict(model["profiles"])
-    return {p["method"]: p["profile"] for p in model["predictions"]}
+        profiles = dict(model["profiles"])
+    else:
+        profiles = {p["method"]: p["profile"] for p in model["predictions"]}
+    clients = {r["method"]: r.get("clients") for r in data.get("results", [])}
+    with_clients = lambda p, m: p if p is None or p.get("clients") else {**p,
+                                                                         "clients": clients.get(m)}
+    return {m: {**with_clients(p, m),
+                **({"by_target": [with_clients(t, m) for t in p["by_target"]]}
+                   if "by_target" in p else {})} for m, p in profiles.items()}
 
 
 def model_only(args) -> None:
@@ -881,7 +896,7 @@ def model_only(args) -> None:
     params, alone = sources[0]["model"]["params"], sources[0]["one_rank_s"]
     profiles = {}
     for data in sources:  # the first file's fit; every file's methods, the first's kept
-        for method, prof in saved_profiles(data["model"]).items():
+        for method, prof in saved_profiles(data).items():
             profiles.setdefault(method, prof)
     if args.profile_runs:
         for method, prof in run_profiles(Path(args.profile_runs), alone).items():
@@ -923,6 +938,9 @@ def main() -> None:
     if args.model_only:
         model_only(args)
         return
+    if args.rebuild:
+        rebuild(args)
+        return
     micro_ranks = [] if args.reuse_fit else [int(r) for r in args.micro_ranks.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-links-") as tmp:
         runs = Path(args.runs or tmp)
@@ -933,7 +951,38 @@ def main() -> None:
             qdiscs = hosts.qdiscs() if args.split else None
             folders = {m: train(hosts, args, m, runs) for m in args.methods.split(",")}
         alone = time_one_rank(args, runs)
-        results, targets = measured(folders, alone, args.ranks)
+        finish(args, points, folders, alone, qdiscs)
+
+
+def rebuild(args) -> None:
+    """The report, JSON and plot of an earlier run again, from its results JSON (its settings,
+    collective timings, one-rank seconds and launch seconds) and the run folders it kept in
+    --runs: the same measurements, the tables and the MODEL computed by this code."""
+    old = json.loads(Path(args.rebuild).read_text())
+    if not args.runs:
+        raise SystemExit("--rebuild needs --runs DIR, the run folders of the run that wrote "
+                         f"{args.rebuild}")
+    args.methods = ",".join(r["method"] for r in old["results"])
+    args.ranks, args.config, args.overrides = old["ranks"], old["config"], old["overrides"]
+    args.rate, args.reuse_fit = old["rate"], old["fit_from"]
+    if old.get("links"):
+        args.split = shaping.Split(old["links"]["server"], old["links"]["up"],
+                                   old["links"]["down"])
+        args.topology, args.server = old.get("topology"), old.get("server")
+    if not args.out_given:
+        args.out = str(Path(args.rebuild).with_suffix(""))
+    args.measured_by = old.get("measured_by") or old["command"]
+    runs = Path(args.runs)
+    folders = {r["method"]: {"folder": runs / r["method"] / method_spec(r["method"])[0],
+                             "job_s": r["job_s"]} for r in old["results"]}
+    finish(args, reused_points(args.rebuild), folders, old["one_rank_s"],
+           (old.get("links") or {}).get("qdiscs"))
+
+
+def finish(args, points: list[dict], folders: dict, alone: dict, qdiscs: dict | None) -> None:
+    """Measure the trained runs, fit and apply the MODEL, print the report and write OUT.txt,
+    OUT.json and OUT.png."""
+    results, targets = measured(folders, alone, args.ranks)
     model = fit_model(points, results, args.ranks, model_links(args), alone, bool(args.split))
     text = report_text(args, results, targets, alone, model)
     print(text)
@@ -949,6 +998,8 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
               "checks": target_checks(results, args.rate), "model": model}
+    if getattr(args, "measured_by", None):
+        record["measured_by"] = args.measured_by
     if args.split:
         reference = reference_method(args.methods.split(","))
         record.update(

@@ -88,6 +88,15 @@ def test_star_round_limits():
         pytest.approx(costmodel.seconds(PARAMS, "allreduce", 4, [4 * (d + 1)], 2e7))
 
 
+def test_server_work_scales_with_the_clients_not_the_measured_ranks():
+    alone = {"train_s": 0.5, "eval_s": 0.25}
+    # measured: 16 clients on 4 ranks, 0.1 s a round of bank and aggregate work
+    prof = {"ranks": 4, "clients": 16, "other_s": 0.2, "scaled_s": 0.1}
+    assert starmodel.local_s(prof, alone, 16) == pytest.approx(0.95)   # 16 clients, as measured
+    assert starmodel.local_s(prof, alone, 64) == pytest.approx(1.25)   # 4x the clients
+    assert starmodel.local_s({**prof, "clients": None}, alone, 16) == pytest.approx(1.25)
+
+
 def test_placement_follows_the_trainer():
     from lbgm_mpi.topology import place_clients
     for count, ranks, placement in ((16, 4, "cyclic"), (10, 4, "block"), (5, 2, "cyclic")):

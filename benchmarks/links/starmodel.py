@@ -114,14 +114,22 @@ def round_comm(params: dict, prof: dict, ranks: int, links: Links, every: bool =
     return costmodel.round_comm(params, prof, ranks, links.slowest, every)
 
 
+def local_s(prof: dict, alone: dict, ranks: int) -> float:
+    """Seconds of a round outside the exchange at ``ranks`` ranks, one client each: as
+    costmodel.local_s, but the bank and aggregate work scaled by the clients, ``ranks`` against
+    the measured run's ``prof["clients"]`` (several clients a rank measured: not its ranks)."""
+    clients = prof.get("clients") or prof["ranks"]
+    return alone["train_s"] + alone["eval_s"] + prof["other_s"] \
+        + prof["scaled_s"] * (ranks / clients - 1)
+
+
 def time_to_target(params: dict, prof: dict, alone: dict, ranks: int,
                    links: Links) -> float | None:
     """Rounds to the target as measured, each with the local work at ``ranks`` ranks
-    (costmodel.local_s) and the modelled exchange; None if the method missed the target."""
+    (``local_s``) and the modelled exchange; None if the method missed the target."""
     if prof["rounds"] is None:
         return None
-    return prof["rounds"] * (costmodel.local_s(prof, alone, ranks)
-                             + round_comm(params, prof, ranks, links))
+    return prof["rounds"] * (local_s(prof, alone, ranks) + round_comm(params, prof, ranks, links))
 
 
 # ---- profiles of measured star runs ----
@@ -131,15 +139,17 @@ def profile(result: dict, ranks: int) -> dict:
     the star model needs: the dense bytes of FedAvg's sum, or a gather method's record bytes per
     participant, refresh fraction (per client, up to the target and over every round) and mean
     payload of a refresh, the aggregate's bytes, and the local seconds as costmodel.profile
-    takes them."""
+    takes them; for either, the clients of a round ("clients", which scale the bank and
+    aggregate work in ``local_s``)."""
+    clients = result["rows"][0]["participants"]
     if result.get("topology", "replicated") != "star":
-        return costmodel.profile(result, ranks)
+        return {**costmodel.profile(result, ranks), "clients": clients}
     hit, d = result["rounds_to_target"], result["num_params"]
     rows = result["rows"][:hit] if hit else result["rows"]
     mean = lambda f: sum(f(r) for r in rows) / len(rows)
     star_fedavg = result["algo"] == "fedavg" and result["compressor"] == "none"
     out = {"rounds": hit, "kind": "star-allreduce" if star_fedavg else "star-gather",
-           "ranks": ranks, "server": result.get("server", "shared"),
+           "ranks": ranks, "clients": clients, "server": result.get("server", "shared"),
            "other_s": mean(lambda r: r["round_s"] - r["train_s"] - r["eval_s"] - r["comm_s"]),
            "scaled_s": 0.0 if star_fedavg else mean(lambda r: r["bank_s"] + r["aggregate_s"])}
     if star_fedavg:
