@@ -10,6 +10,8 @@
         [--out benchmarks/results/links-star]
     python benchmarks/bench_links.py --model-only benchmarks/results/links-100mbit.json[,MORE.json]
         [--profile-runs DIR] [--out PREFIX]   (the MODEL's predictions from results; runs nothing)
+    python benchmarks/bench_links.py --rebuild benchmarks/results/links-star.json --runs DIR
+        (a run's report, JSON and plot again from the run folders it kept; runs nothing)
 
 Needs root (it creates network namespaces). In order, it:
   1. creates the hosts, every link shaped by `tc tbf` (benchmarks/links/netns.py);
