@@ -139,7 +139,9 @@ class Trainer:
                                                  self.comm.link_bytes - link0])
         mpi_bytes = sum(t[0] for t in totals)
         self.stop_agreed = any(t[1] for t in totals)
-        link_bytes = max(t[2] for t in totals)  # the busiest link paces the round
+        # the busiest rank's link: the one that paces the round where links are alike (not in a
+        # star whose server has the fastest link: summary.json keeps every rank's, both ways)
+        link_bytes = max(t[2] for t in totals)
         if spec.run.check_every and rnd % spec.run.check_every == 0:
             self.comm.check_same(self.theta.cpu().numpy(), f"the global model after round {rnd}")
         with self.timer("eval"):
