@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,87 @@ FAST = ["--set", "data.name=synthetic", "--set", "model.name=mlp", "--set", "mod
         "--set", "clients.count=4", "--set", "run.rounds=8", "--set", "clients.lr=0.1",
         "--set", "data.partition=shards", "--set", "data.classes_per_client=2",
         "--set", "run.check_every=2"]
+
+
+# ---- a job started as a terminal starts it, stopped by signals (tests/test_stops_and_resumes.py,
+# tests/test_user_paths.py) -----------------------------------------------------------------------
+
+# About 0.15 s a round on one core: long enough to be stopped after a few rounds.
+SLOW = [*FAST, "--set", "data.synthetic_samples=8000", "--quiet"]
+WAIT_S = 120
+
+
+def launcher_env() -> dict:
+    """mpi_env() with this Python's folder first on the PATH, as an activated venv has it."""
+    env = mpi_env()
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def start_session(cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new session, the way a terminal starts a job."""
+    return subprocess.Popen(cmd, cwd=REPO, env=launcher_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = WAIT_S) -> tuple[str, str]:
+    """Wait for ``proc`` (killing its whole session if it outlives ``timeout``)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args} hung for {timeout} s\n{out}\n{err}")
+
+
+def metrics_rows(run_dir: Path) -> int:
+    """How many rounds ``run_dir``'s metrics.jsonl holds so far (0 without one)."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+def wait_rows(proc: subprocess.Popen, run_dir: Path, n: int) -> None:
+    """Wait until ``run_dir`` holds ``n`` rounds while ``proc`` still runs (WAIT_S at most)."""
+    deadline = time.monotonic() + WAIT_S
+    while metrics_rows(run_dir) < n and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ended before round {n}: {finish(proc)}"
+    assert metrics_rows(run_dir) >= n, f"no round {n} after {WAIT_S} s"
+
+
+# ---- a run folder written by hand (tests/test_analysis.py, tests/test_user_paths.py) ----------
+
+def write_run(root, name, algo, accs, uplink, mpi, threshold=None, round_s=None):
+    """A fake run folder ROOT/NAME with len(accs) rounds; totals in summary.json agree with the
+    rounds."""
+    folder = root / name
+    folder.mkdir()
+    n = len(accs)
+    round_s = round_s or [1.0] * n
+    with open(folder / "metrics.jsonl", "w") as f:
+        for t in range(n):
+            f.write(json.dumps({
+                "round": t + 1, "test_acc": accs[t], "test_loss": None if accs[t] is None else 1.0,
+                "train_loss": 1.0, "participants": 4, "refreshes": 1, "scalars": 3,
+                "uplink_bytes": uplink[t], "dense_uplink_bytes": 100, "downlink_bytes": 0,
+                "mpi_bytes": mpi[t], "round_s": round_s[t], "comm_s": 0.1}) + "\n")
+    evaluated = [a for a in accs if a is not None]
+    summary = {"label": name, "algo": algo, "threshold": threshold, "compressor": "none",
+               "num_params": 25, "rounds": n, "final_acc": evaluated[-1],
+               "best_acc": max(evaluated), "total_uplink_bytes": sum(uplink),
+               "total_dense_uplink_bytes": 100 * n, "total_mpi_bytes": sum(mpi),
+               "total_time_s": sum(round_s)}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fast_compare(tmp_path_factory) -> Path:
+    """A finished compare (fedavg, lbgm) of the FAST job at one rank: its folder, with the PNGs
+    it wrote. Shared by the tests that read it (they copy it before changing anything)."""
+    out = tmp_path_factory.mktemp("fast-compare")
+    lbgm(1, "compare", "configs/default.toml", *FAST, "--out", str(out), "--quiet", timeout=120)
+    return out
 
 
 @contextlib.contextmanager

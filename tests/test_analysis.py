@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_run
 from lbgm_mpi.analysis import plots
 from lbgm_mpi.analysis.report import (
     compare_table,
@@ -144,37 +145,14 @@ def test_tracker_levels_per_layer_and_model():
 
 # --- run folders: table and plots --------------------------------------------------------------
 
-def _write_run(root, name, algo, accs, uplink, mpi, threshold=None, round_s=None):
-    """A fake run folder with len(accs) rounds; totals in summary.json agree with the rounds."""
-    folder = root / name
-    folder.mkdir()
-    n = len(accs)
-    round_s = round_s or [1.0] * n
-    with open(folder / "metrics.jsonl", "w") as f:
-        for t in range(n):
-            f.write(json.dumps({
-                "round": t + 1, "test_acc": accs[t], "test_loss": None if accs[t] is None else 1.0,
-                "train_loss": 1.0, "participants": 4, "refreshes": 1, "scalars": 3,
-                "uplink_bytes": uplink[t], "dense_uplink_bytes": 100, "downlink_bytes": 0,
-                "mpi_bytes": mpi[t], "round_s": round_s[t], "comm_s": 0.1}) + "\n")
-    evaluated = [a for a in accs if a is not None]
-    summary = {"label": name, "algo": algo, "threshold": threshold, "compressor": "none",
-               "num_params": 25, "rounds": n, "final_acc": evaluated[-1],
-               "best_acc": max(evaluated), "total_uplink_bytes": sum(uplink),
-               "total_dense_uplink_bytes": 100 * n, "total_mpi_bytes": sum(mpi),
-               "total_time_s": sum(round_s)}
-    (folder / "summary.json").write_text(json.dumps(summary))
-    return folder
-
-
 @pytest.fixture
 def runs(tmp_path):
     return [
-        _write_run(tmp_path, "fedavg", "fedavg", [0.5, None, 0.8], [100, 100, 100],
+        write_run(tmp_path, "fedavg", "fedavg", [0.5, None, 0.8], [100, 100, 100],
                    [200, 200, 200], round_s=[1.0, 2.0, 3.0]),
-        _write_run(tmp_path, "lbgm-0.2", "lbgm", [0.6, 0.78, 0.7], [100, 10, 10],
+        write_run(tmp_path, "lbgm-0.2", "lbgm", [0.6, 0.78, 0.7], [100, 10, 10],
                    [150, 20, 30], threshold=0.2),
-        _write_run(tmp_path, "lbgm-0.9", "lbgm", [0.1, 0.2, 0.3], [100, 1, 1], [100, 2, 2],
+        write_run(tmp_path, "lbgm-0.9", "lbgm", [0.1, 0.2, 0.3], [100, 1, 1], [100, 2, 2],
                    threshold=0.9),
     ]
 
@@ -208,7 +186,7 @@ def test_compare_table_without_fedavg_leaves_comparisons_blank(runs):
 
 
 def test_phase_table_means_leave_out_the_first_round_and_charge_lbgm_its_own_phases(tmp_path):
-    folder = _write_run(tmp_path, "lbgm", "lbgm", [0.5, 0.6, 0.7], [1, 1, 1], [1, 1, 1],
+    folder = write_run(tmp_path, "lbgm", "lbgm", [0.5, 0.6, 0.7], [1, 1, 1], [1, 1, 1],
                         threshold=0.2, round_s=[9.0, 2.0, 4.0])
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     phases = [dict(train_s=5.0, decide_s=1.0, bank_s=1.0, aggregate_s=0.5, eval_s=0.1,
@@ -219,7 +197,7 @@ def test_phase_table_means_leave_out_the_first_round_and_charge_lbgm_its_own_pha
                    checkpoint_s=0.2)]
     (folder / "metrics.jsonl").write_text(
         "".join(json.dumps({**r, **p}) + "\n" for r, p in zip(rows, phases)))
-    old = _write_run(tmp_path, "old", "fedavg", [0.5, 0.6], [1, 1], [1, 1])  # no phase keys
+    old = write_run(tmp_path, "old", "fedavg", [0.5, 0.6], [1, 1], [1, 1])  # no phase keys
     lbgm, fedavg = phase_table([folder, old])
     assert lbgm["rounds"] == 2  # round 1 (warm-up) left out
     assert lbgm["train_s"] == pytest.approx(2.0) and lbgm["round_s"] == pytest.approx(3.0)
@@ -280,7 +258,7 @@ def figures(monkeypatch):
 def _thirteen_runs(root):
     from lbgm_mpi.runs.methods import METHODS
     assert len(METHODS) >= 13
-    return [_write_run(root, name, "fedavg" if name == "fedavg" else "lbgm",
+    return [write_run(root, name, "fedavg" if name == "fedavg" else "lbgm",
                        [0.1 * (i % 5) + 0.1 * t for t in range(1, 4)], [10 ** (i % 4 + 2)] * 3,
                        [10 ** (i % 4 + 2) + 5] * 3)
             for i, name in enumerate(list(METHODS)[:13])]
@@ -311,8 +289,8 @@ def test_legends_sit_outside_the_axes(tmp_path, figures):
 def test_runs_with_one_label_are_told_apart_by_folder(tmp_path, figures):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = _write_run(tmp_path / "a", "lbgm", "lbgm", [0.5, 0.6], [10, 10], [10, 10])
-    b = _write_run(tmp_path / "b", "lbgm", "lbgm", [0.4, 0.7], [10, 10], [10, 10])
+    a = write_run(tmp_path / "a", "lbgm", "lbgm", [0.5, 0.6], [10, 10], [10, 10])
+    b = write_run(tmp_path / "b", "lbgm", "lbgm", [0.4, 0.7], [10, 10], [10, 10])
     assert display_labels([load_run(a), load_run(b)]) == ["lbgm [a/lbgm]", "lbgm [b/lbgm]"]
     plots.plot_runs([a, b], tmp_path / "cmp")
     names = {t.get_text() for legend in figures[0].axes[0].get_children()
@@ -324,7 +302,7 @@ def test_runs_with_one_label_are_told_apart_by_folder(tmp_path, figures):
 
 
 def test_byte_axes_use_decimal_units_on_every_tick(tmp_path, figures):
-    runs = [_write_run(tmp_path, "fedavg", "fedavg", [0.1, 0.2, 0.3], [300, 400, 500],
+    runs = [write_run(tmp_path, "fedavg", "fedavg", [0.1, 0.2, 0.3], [300, 400, 500],
                        [300, 400, 500])]  # less than a decade: matplotlib labels minor ticks
     plots.plot_runs(runs, tmp_path / "cmp")
     axis = figures[0].axes[0].xaxis

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, REPO, lbgm, lbgm_batch, mpi_env, read_metrics, read_summary, without_timing
+from conftest import (REPO, lbgm, lbgm_batch, mpi_env, read_metrics, read_summary,
+                      without_timing)
 from test_data_formats import _write_mnist
 from test_failures import _assert_clean_failure
 
@@ -58,11 +59,11 @@ def test_analyze_refuses_several_ranks(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compare")
-    lbgm(1, "compare", "configs/default.toml", *FAST, "--out", str(out), "--quiet", timeout=120)
-    return out / "fedavg", out / "lbgm"
+@pytest.fixture
+def runs(fast_compare):
+    """The FAST compare's two runs at one rank (conftest.fast_compare, shared with
+    test_user_paths): read here, never changed."""
+    return fast_compare / "fedavg", fast_compare / "lbgm"
 
 
 def test_plot_writes_pngs(runs, tmp_path):

@@ -18,8 +18,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 import torch
-from conftest import FAST, REPO, lbgm, mpi_env, read_metrics
-from test_analysis import _write_run
+from conftest import (FAST, REPO, SLOW, WAIT_S, finish, launcher_env, lbgm, read_metrics,
+                      start_session, wait_rows, write_run)
 from test_errors_before_start import _nan_rows, _store
 
 from lbgm_mpi.analysis import plots
@@ -30,21 +30,13 @@ from lbgm_mpi.runs.lock import RunLock
 from lbgm_mpi.runs.methods import METHODS, method_overrides
 
 LAUNCHER = REPO / "jobs" / "mpirun-local.sh"
-SLOW = [*FAST, "--set", "data.synthetic_samples=8000", "--quiet"]  # about 0.15 s a round
-WAIT_S = 120
-
-
-def _env() -> dict:
-    """mpi_env() with this Python's folder first on the PATH, as an activated venv has it."""
-    env = mpi_env()
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``lbgm-mpi ARGS`` as one process, no launcher."""
-    return subprocess.run([sys.executable, "-m", "lbgm_mpi", *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run([sys.executable, "-m", "lbgm_mpi", *args], cwd=REPO,
+                          env=launcher_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def _errors(stderr: str) -> list[str]:
@@ -60,12 +52,11 @@ def _one_error(result, *needles) -> str:
     return line
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A finished compare (fedavg, lbgm) at one rank: its folder, with the PNGs it wrote."""
-    out = tmp_path_factory.mktemp("compare")
-    lbgm(1, "compare", "configs/default.toml", *FAST, "--out", str(out), "--quiet", timeout=120)
-    return out
+@pytest.fixture
+def runs(fast_compare):
+    """A finished compare (fedavg, lbgm) at one rank: its folder, with the PNGs it wrote
+    (conftest.fast_compare, shared with test_cli_analysis; copied before any change)."""
+    return fast_compare
 
 
 def _copy_runs(runs: Path, to: Path) -> Path:
@@ -219,27 +210,7 @@ def test_a_lock_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch
 
 def _start(*args: str) -> subprocess.Popen:
     """The launcher as a terminal starts a job: the leader of a new session."""
-    return subprocess.Popen(["bash", str(LAUNCHER), *args], cwd=REPO, env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = WAIT_S) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{proc.args} hung for {timeout} s\n{out}\n{err}")
-
-
-def _wait_rows(proc, run: Path, n: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    metrics = run / "metrics.jsonl"
-    while time.monotonic() < deadline and proc.poll() is None and \
-            (not metrics.exists() or len(metrics.read_text().splitlines()) < n):
-        time.sleep(0.05)
-    assert proc.poll() is None, f"ended before round {n}: {_finish(proc)}"
+    return start_session(["bash", str(LAUNCHER), *args])
 
 
 BANNER = "exited with non-zero status"
@@ -248,7 +219,7 @@ BANNER = "exited with non-zero status"
 def test_a_mistyped_command_is_named_in_one_line():
     started = time.monotonic()
     proc = _start("2", "trian", "configs/default.toml")
-    _, err = _finish(proc, 30)
+    _, err = finish(proc, 30)
     assert proc.returncode == 2 and len(err.splitlines()) == 1, err
     assert "'trian' is neither a command (train or compare) nor a config file" in err
     assert time.monotonic() - started < 10, "mpirun was started"
@@ -258,7 +229,7 @@ def test_a_mistyped_command_is_named_in_one_line():
 def test_a_one_line_error_through_the_launcher_is_one_line(tmp_path):
     proc = _start("2", "train", "configs/default.toml", *FAST, "--set", "clients.count=1",
                   "--out", str(tmp_path / "run"))
-    _, err = _finish(proc)
+    _, err = finish(proc)
     assert proc.returncode == 2, err
     assert len(_errors(err)) == 1 and BANNER not in err, err
     assert not (tmp_path / "run").exists()
@@ -269,9 +240,9 @@ def test_a_stop_through_the_launcher_prints_the_launchers_command_and_no_banner(
     run = tmp_path / "run"
     proc = _start("2", "train", "configs/default.toml", *SLOW, "--set", "run.rounds=400",
                   "--out", str(run))
-    _wait_rows(proc, run, 2)
+    wait_rows(proc, run, 2)
     os.killpg(proc.pid, signal.SIGTERM)
-    _, err = _finish(proc)
+    _, err = finish(proc)
     assert proc.returncode == 75, err
     assert BANNER not in err, err
     stopped = len(read_metrics(run))
@@ -280,7 +251,7 @@ def test_a_stop_through_the_launcher_prints_the_launchers_command_and_no_banner(
     assert words[:4] == ["bash", str(LAUNCHER), "2", "train"], words
     assert words[-4:] == ["--out", str(run), "--resume", "latest"], words
     done = subprocess.run([*words, "--set", f"run.rounds={stopped + 1}", "--quiet"], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=WAIT_S,
+                          env=launcher_env(), capture_output=True, text=True, timeout=WAIT_S,
                           check=False)
     assert done.returncode == 0, done.stderr
     assert [r["round"] for r in read_metrics(run)] == list(range(1, stopped + 2))
@@ -293,12 +264,12 @@ def test_a_second_ctrl_c_through_the_launcher_quits_at_once(tmp_path):
     run = tmp_path / "run"
     proc = _start("2", "train", "configs/default.toml", *SLOW, "--set", "run.rounds=400",
                   "--out", str(run))
-    _wait_rows(proc, run, 2)
+    wait_rows(proc, run, 2)
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     sent = time.monotonic()
-    _, err = _finish(proc)
+    _, err = finish(proc)
     assert proc.returncode == 130, err
     assert "quitting now, without a checkpoint of this round" in err
     assert time.monotonic() - sent < 10
@@ -311,7 +282,7 @@ def test_non_mpi_commands_neither_start_mpi_nor_name_a_rank(command, tmp_path):
     code = ("import sys; from lbgm_mpi.cli import main; status = main(sys.argv[1:]); "
             "print('mpi4py' in sys.modules, status)")
     done = subprocess.run([sys.executable, "-c", code, command, str(tmp_path / "missing")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60,
+                          cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.stdout.split() == ["False", "2"], (done.stdout, done.stderr)
     [line] = done.stderr.splitlines()
@@ -368,7 +339,7 @@ def test_the_mpi_line_stays_visible_where_it_meets_the_uplink_line(tmp_path, fig
     """FedAvg hands MPI about its uplink: the dashed line lay under the solid one, its hollow
     markers under the filled ones, at the same points."""
     for n in (8, 40):
-        folder = _write_run(tmp_path, f"fedavg-{n}", "fedavg",
+        folder = write_run(tmp_path, f"fedavg-{n}", "fedavg",
                             [0.5 + 0.01 * t for t in range(n)], [1000] * n, [1000] * n)
         plots.plot_runs([folder], tmp_path / f"fig{n}")
         ax = figures[-2].axes[0]
