@@ -4,7 +4,6 @@ resume rules, a diverged model is never checkpointed. Every launch runs under a 
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,49 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, without_timing
+from conftest import (FAST, REPO, SLOW, finish, lbgm, lbgm_batch, metrics_rows, read_metrics,
+                      start_session, wait_rows, without_timing)
 from lbgm_mpi.checkpoint.store import list_checkpoints, read_checkpoint
 
 RUN = ["configs/default.toml", *FAST, "--set", "algo.threshold=0.3", "--quiet"]
-# about 0.15 s a round on one core: long enough to be stopped after a few rounds
-SLOW = [*FAST, "--set", "data.synthetic_samples=8000", "--quiet"]
-WAIT_S = 120
-
-
-def _rows(run_dir: Path) -> int:
-    metrics = Path(run_dir) / "metrics.jsonl"
-    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
-
-
-def _env() -> dict:
-    """mpi_env() with this Python's folder first on the PATH, as an activated venv has it."""
-    env = mpi_env()
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def _start(cmd: list[str]) -> subprocess.Popen:
-    """Start ``cmd`` as the leader of a new session, the way a terminal starts a job."""
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = WAIT_S) -> tuple[str, str]:
-    """Wait for ``proc`` (killing its whole session if it outlives ``timeout``)."""
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{proc.args} hung for {timeout} s\n{out}\n{err}")
-
-
-def _wait_rows(proc, run_dir: Path, n: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while _rows(run_dir) < n and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert proc.poll() is None, f"ended before round {n}: {_finish(proc)}"
-    assert _rows(run_dir) >= n, f"no round {n} after {WAIT_S} s"
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -76,8 +37,8 @@ def test_two_runs_started_together_on_one_folder(tmp_path):
     """Only one of two runs started at the same moment gets the folder; the other says who has
     it; the folder holds one run's rounds, in order."""
     args = _single("train", *RUN, "--set", "run.rounds=30", "--out", str(tmp_path))
-    procs = [_start(args), _start(args)]
-    results = [(p, *_finish(p)) for p in procs]
+    procs = [start_session(args), start_session(args)]
+    results = [(p, *finish(p)) for p in procs]
     codes = sorted(p.returncode for p, _, _ in results)
     assert codes == [0, 2], [(p.returncode, err) for p, _, err in results]
     refused = next(err for p, _, err in results if p.returncode == 2)
@@ -89,14 +50,14 @@ def test_two_runs_started_together_on_one_folder(tmp_path):
 
 @pytest.mark.mpi
 def test_a_crashed_runs_lock_is_taken_over_and_a_live_one_refuses(tmp_path):
-    run = _start(_single("train", "configs/default.toml", *SLOW, "--set", "run.rounds=400",
+    run = start_session(_single("train", "configs/default.toml", *SLOW, "--set", "run.rounds=400",
                          "--out", str(tmp_path)))
-    _wait_rows(run, tmp_path, 2)
+    wait_rows(run, tmp_path, 2)
     second = lbgm(2, "train", *RUN, "--out", str(tmp_path), "--resume", "latest",
                   check=False, timeout=60)
     assert second.returncode == 2 and f"pid {run.pid}" in _error_lines(second.stderr)[0]
     os.killpg(run.pid, signal.SIGKILL)
-    _finish(run)
+    finish(run)
     again = lbgm(2, "train", *RUN, "--out", str(tmp_path), "--resume", "latest", timeout=120)
     assert f"taking over {tmp_path}" in again.stderr and f"pid {run.pid}" in again.stderr
     assert [r["round"] for r in read_metrics(tmp_path)] == list(range(1, 9))
@@ -107,7 +68,7 @@ def test_a_crashed_runs_lock_is_taken_over_and_a_live_one_refuses(tmp_path):
 def _assert_stopped_with_checkpoint(proc, out, err, run_dir: Path) -> int:
     assert proc.returncode == 75, err
     assert "Traceback" not in err
-    stopped = _rows(run_dir)
+    stopped = metrics_rows(run_dir)
     newest = list_checkpoints(run_dir / "checkpoints")[-1]
     assert newest.name == f"round-{stopped:06d}.h5", (newest, stopped)
     assert read_checkpoint(newest)[1]["round"] == stopped
@@ -122,24 +83,24 @@ def test_a_stop_signal_to_the_launcher_checkpoints_at_two_ranks(tmp_path, sig):
     terminal's Ctrl-C) stop the run after the current round with a checkpoint and exit 75; the
     resumed run gives the metrics of an uninterrupted one."""
     run = tmp_path / "run"
-    proc = _start(_launcher("2", *RUN, "--set", "run.rounds=400", "--out", str(run)))
-    _wait_rows(proc, run, 3)
+    proc = start_session(_launcher("2", *RUN, "--set", "run.rounds=400", "--out", str(run)))
+    wait_rows(proc, run, 3)
     sent = time.monotonic()
     os.killpg(proc.pid, sig)
-    out, err = _finish(proc)
+    out, err = finish(proc)
     print(f"{sig.name}: the launcher exited {time.monotonic() - sent:.2f} s after the signal")
     stopped = _assert_stopped_with_checkpoint(proc, out, err, run)
     total = ["--set", f"run.rounds={stopped + 2}"]
-    lbgm(2, "train", *RUN, *total, "--out", str(run), "--resume", "latest")
-    lbgm(2, "train", *RUN, *total, "--out", str(tmp_path / "whole"))
+    lbgm_batch(2, ["train", *RUN, *total, "--out", str(run), "--resume", "latest"],
+               ["train", *RUN, *total, "--out", str(tmp_path / "whole")])
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "whole"))
 
 
 def test_ctrl_c_on_a_one_rank_run_checkpoints(tmp_path):
-    proc = _start(_single("train", *RUN, "--set", "run.rounds=400", "--out", str(tmp_path)))
-    _wait_rows(proc, tmp_path, 3)
+    proc = start_session(_single("train", *RUN, "--set", "run.rounds=400", "--out", str(tmp_path)))
+    wait_rows(proc, tmp_path, 3)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = _finish(proc)
+    out, err = finish(proc)
     _assert_stopped_with_checkpoint(proc, out, err, tmp_path)
     assert "Ctrl-C: stopping after this round" in err
 
@@ -160,18 +121,18 @@ def test_checkpoints_by_time_agree_across_ranks(tmp_path):
 def test_compare_stops_with_a_checkpoint_and_its_advice_continues_it(tmp_path):
     methods = ["--methods", "fedavg,lbgm", "--set", "run.rounds=30"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    proc = _start(_launcher("2", "compare", "configs/default.toml", *SLOW, *methods,
+    proc = start_session(_launcher("2", "compare", "configs/default.toml", *SLOW, *methods,
                             "--out", str(cut)))
-    _wait_rows(proc, cut / "lbgm", 3)
+    wait_rows(proc, cut / "lbgm", 3)
     os.killpg(proc.pid, signal.SIGTERM)
-    out, err = _finish(proc)
+    out, err = finish(proc)
     _assert_stopped_with_checkpoint(proc, out, err, cut / "lbgm")
     advice = shlex.split(err.split("with: ", 1)[1].splitlines()[0])
     assert advice[:4] == ["bash", str(REPO / "jobs/mpirun-local.sh"), "2", "compare"]
     assert advice[-2:] == ["--resume", "latest"]
     fedavg_rows = read_metrics(cut / "fedavg")
-    lbgm(2, *advice[3:], timeout=180)
-    lbgm(2, "compare", "configs/default.toml", *SLOW, *methods, "--out", str(whole))
+    lbgm_batch(2, advice[3:], ["compare", "configs/default.toml", *SLOW, *methods,
+                               "--out", str(whole)], timeout=360)
     assert read_metrics(cut / "fedavg") == fedavg_rows, "a finished method was run again"
     for method in ("fedavg", "lbgm"):
         assert without_timing(read_metrics(cut / method)) == \
