@@ -92,29 +92,18 @@ class GatherExchange(Exchange, ABC):
             self.comm.gather_stream(pieces, counts if self.topo.is_root else None, sink)
 
     def _send_aggregate(self, delta, header: np.ndarray):
-        """The root's aggregate and traffic figures on every rank of a star."""
-        if delta is None:
-            delta = torch.empty(int(self.bounds[-1]), dtype=torch.float32, device=self.device)
-        self.comm.send_to_all(delta)
-        header = self.comm.send_to_all(torch.from_numpy(header)).numpy()
+        """The root's aggregate and traffic figures on every rank of a star, in one message:
+        the d float32 values, then the float64 figures as pairs of float32 (bits kept)."""
+        d = int(self.bounds[-1])
+        buf = torch.empty(d + 2 * len(TRAFFIC_FIELDS), dtype=torch.float32, device=self.device)
+        if delta is not None:
+            buf[:d].copy_(delta)
+            buf[d:].copy_(torch.from_numpy(header.view(np.float32)))
+        self.comm.send_to_all(buf)
+        figures = buf[d:].cpu().numpy().view(np.float64)
         values = {f: (float(v) if f == "train_loss" else int(v))
-                  for f, v in zip(TRAFFIC_FIELDS, header)}
-        return delta, RoundTraffic(**values)
-
-    @abstractmethod
-    def _encode(self, k, g, record, rnd) -> list[torch.Tensor]:
-        """Fill client k's refresh flags and coefficients; return its payload as 1-D uint8
-        pieces (views where possible: they are sent before ``updates`` is dropped)."""
-
-    @abstractmethod
-    def _receive(self, got, weights, per_rank, pieces, counts):
-        """Run the payload gather (``comm.allgatherv_stream``), put every part in place, and
-        return what ``_combine`` needs of it."""
-
-    @abstractmethod
-    def _combine(self, got, weights, received) -> torch.Tensor:
-        """The aggregate from every record and what ``_receive`` returned (same on every
-        rank)."""
+                  for f, v in zip(TRAFFIC_FIELDS, figures)}
+        return buf[:d], RoundTraffic(**values)
 
     def _collect(self, got, per_rank, pieces, counts) -> dict[int, torch.Tensor]:
         """Gather the payloads, each whole, by client id (for compressed payloads: small)."""
