@@ -191,7 +191,7 @@ def frontier_bytes_over_time() -> str:
     return table(["setting", "method", "rounds 1-10", "11-20", "21-30", "31-40", "41-50"], rows)
 
 
-RATES = {"10mbit": "10 Mbit/s", "100mbit": "100 Mbit/s", "1gbit": "1 Gbit/s",
+RATES = {"10mbit": "10 Mbit/s", "20mbit": "20 Mbit/s", "100mbit": "100 Mbit/s", "1gbit": "1 Gbit/s",
          "10gbit": "10 Gbit/s"}
 
 
@@ -404,6 +404,48 @@ def links_global_vs_baseline() -> str:
                   "whole round x baseline (ring record)"], rows)
 
 
+# --------------------------------------------------------------------------- the star
+
+LINKS_STAR = ("links-star.json",)
+
+
+def links_star() -> str:
+    """bench_links --topology star: time to 0.95 and 0.99 x the reference's best (visible s),
+    x as fast as the reference (FedAvg in the star), and each rank's link bytes."""
+    rows = []
+    for name in LINKS_STAR:
+        data = load(name)
+        ref = next(r for r in data["results"] if r["method"] == data["reference"])
+        links = data["links"]
+        rate = lambda key: RATES.get(links[key], links[key]).replace(" Mbit/s", "M") \
+            .replace(" Gbit/s", "G")
+        setting = (f"{data['ranks']} ranks ({data['server'] or 'shared'}), {rate('up')} up / "
+                   f"{rate('down')} down, server {rate('server')}")
+        for r in data["results"]:
+            cells = [setting, r["method"], str(r["clients"])]
+            for k, t in enumerate(r["targets"]):
+                base = ref["targets"][k]["visible_s"]
+                cells += [_opt(t["rounds"], str), _opt(t["visible_s"], lambda x: f"{x:.1f}"),
+                          f"{base / t['visible_s']:.2f}" if t["visible_s"] else "n/a"]
+            up, down = r["link_up_by_rank"], r["link_down_by_rank"]
+            cells += [human_bytes(max(up[1:])), human_bytes(down[0]),
+                      f"{100 * r['best_acc']:.2f}%"]
+            rows.append(cells)
+    return table(["links", "method", "clients", "rounds to 0.95", "visible s", "x as fast",
+                  "rounds to 0.99", "visible s", "x as fast", "busiest client rank up",
+                  "rank 0 down", "best acc"], rows)
+
+
+def scale_memory_star() -> str:
+    """bench_scale.py --preset memory --banks replicated,star: peak and bank per rank."""
+    rows = [[r["ranks"], r["bank"], ", ".join(mib(b) for b in r["bank_bytes_by_rank"]),
+             ", ".join(mib(b) for b in r["peak_host_bytes_by_rank"]),
+             mib(r["bank_bytes_per_node"])]
+            for r in load("scale-memory-star.json")["rows"]]
+    return table(["ranks", "topology", "bank per rank", "peak per rank", "banks per node"],
+                 rows)
+
+
 def checkpoint() -> str:
     """benchmarks/bench_checkpoint.py: medians of 3, one process, local disk."""
     rows = [[r["case"], f"{r['num_params']:,}", human_bytes(r["file_bytes"]),
@@ -534,6 +576,8 @@ TABLES = {
     "links-global-per-round": (["links-global-model.json"], links_global_per_round),
     "links-global-break-even": (["links-global-model.json"], links_global_break_even),
     "links-global-vs-baseline": (["links-global-model.json"], links_global_vs_baseline),
+    "links-star": (list(LINKS_STAR), links_star),
+    "scale-memory-star": (["scale-memory-star.json"], scale_memory_star),
     "checkpoint": (["checkpoint.json"], checkpoint),
     "scale-memory": (["scale-memory.json"], scale_memory),
     "scale-cpu": (["scale-cpu.json"], scale_cpu),
