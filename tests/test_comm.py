@@ -38,12 +38,27 @@ def test_a_limit_past_what_mpi_counts_or_too_small_for_the_ranks_is_refused():
         gather_steps([1] * 8, 100)
 
 
+LIMITS = (256, 1 << 20)
+
+
+@pytest.fixture(scope="module")
+def steps():
+    """comm_steps.py at every limit, one launch per rank count: {(np_, limit): the "ok" lines}."""
+    out = {}
+    for np_ in (1, 2, 4):
+        result = run_mpi(np_, [str(REPO / "tests/mpi/comm_steps.py"), *map(str, LIMITS)],
+                         timeout=120)
+        for limit in LIMITS:
+            out[np_, limit] = [line for line in result.stdout.splitlines()
+                               if line.startswith("ok") and line.split()[2] == str(limit)]
+    return out
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("np_", [1, 2, 4])
-@pytest.mark.parametrize("limit", [256, 1 << 20])
-def test_every_collective_at_a_tiny_limit(np_, limit):
-    result = run_mpi(np_, [str(REPO / "tests/mpi/comm_steps.py"), str(limit)], timeout=120)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("ok")]
+@pytest.mark.parametrize("limit", LIMITS)
+def test_every_collective_at_a_tiny_limit(steps, np_, limit):
+    lines = steps[np_, limit]
     assert len(lines) == np_
     if limit == 256 and np_ > 1:
         assert int(lines[0].split()[1]) >= 4, "a tiny limit must take several steps"
