@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, lbgm, read_metrics, read_summary, without_timing
+from conftest import REPO, lbgm, lbgm_batch, read_metrics, read_summary
 from lbgm_mpi.comm.mpi import Comm
 from lbgm_mpi.config import load_config
 from lbgm_mpi.errors import ConfigError
@@ -39,22 +39,41 @@ DENSE = ("fedavg", "fedluar")  # summed over ranks: equal to float32 summation o
 HEADER_BYTES = 6 * 8           # the traffic figures the server sends with the aggregate
 
 
+RESUMED = ["--set", "algo.name=lbgm", "--set", "algo.compressor=powersgd",
+           "--set", "algo.error_feedback=true", "--set", "algo.granularity=model"]
+HUNDRED = [*BASE, "--set", "clients.count=100", "--set", "clients.per_round=10",
+           "--set", "run.rounds=6", "--set", "data.partition=iid"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every method in both topologies, in one compare per rank count; and the star with a
-    dedicated server at 3 ranks (2 client ranks)."""
+    """Three jobs: every method in both topologies, in one compare at 2 and one at 4 ranks; the
+    star with a dedicated server at 3 ranks (2 client ranks). Their other commands: 4 rounds of
+    the stacked method in each topology at 2 ranks, resumed at 4 ranks in the other topology;
+    100 clients replicated at 2 ranks and in a star of 4 ranks with a dedicated server."""
     both = ",".join(METHODS + [f"{m}@star" for m in METHODS])
-    out = {}
-    for np_ in (2, 4):
-        out[np_] = tmp_path_factory.mktemp(f"star{np_}")
-        lbgm(np_, "compare", "configs/default.toml", *BASE, "--methods", both,
-             "--out", str(out[np_]), "--quiet")
-    out["dedicated"] = tmp_path_factory.mktemp("dedicated")
+    out = {np_: tmp_path_factory.mktemp(f"star{np_}") for np_ in (2, 4, "dedicated")}
+    cut = {t: out[2] / f"cut-{t}" for t in ("star", "replicated")}
+    hundred = {t: out[4] / f"hundred-{t}" for t in ("star", "replicated")}
+    compare = lambda np_: ["compare", "configs/default.toml", *BASE, "--methods", both,
+                           "--out", str(out[np_]), "--quiet"]
+    train = lambda *a: ["train", "configs/default.toml", *a, "--quiet"]
+    lbgm_batch(2, compare(2),
+               *[train(*BASE, *RESUMED, "--set", "run.rounds=4", "--set",
+                       f"system.topology={t}", "--out", str(cut[t])) for t in cut],
+               train(*HUNDRED, "--out", str(hundred["replicated"])))
+    # resumed in the other topology, at another rank count, in another job than the cut
+    lbgm_batch(4, compare(4),
+               *[train(*BASE, *RESUMED, "--set", f"system.topology={other}", "--out",
+                       str(cut[t]), "--resume", "latest")
+                 for t, other in (("star", "replicated"), ("replicated", "star"))],
+               train(*HUNDRED, "--set", "system.topology=star", "--set",
+                     "system.server=dedicated", "--out", str(hundred["star"])))
     # the base config in the star: every method runs there (folder names without "@star")
-    lbgm(3, "compare", "configs/default.toml", *BASE, "--set", "system.topology=star",
-         "--set", "system.server=dedicated", "--methods", ",".join(METHODS),
-         "--out", str(out["dedicated"]), "--quiet")
-    return out
+    lbgm_batch(3, ["compare", "configs/default.toml", *BASE, "--set", "system.topology=star",
+                   "--set", "system.server=dedicated", "--methods", ",".join(METHODS),
+                   "--out", str(out["dedicated"]), "--quiet"])
+    return {**out, "cut": cut, "hundred": hundred}
 
 
 def _star(runs, np_, method):
@@ -166,22 +185,15 @@ def test_only_the_server_holds_the_whole_bank(runs, np_):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("first,second", [("star", "replicated"), ("replicated", "star")])
-def test_a_checkpoint_resumes_in_the_other_topology(runs, tmp_path, first, second):
-    """4 rounds in one topology, 4 more in the other = 8 uninterrupted, bit for bit (LBGM with
-    error feedback on a compressor: bank rows, cursors and client states all travel)."""
-    out = tmp_path / "run"
-    method = ["--set", "algo.name=lbgm", "--set", "algo.compressor=powersgd",
-              "--set", "algo.error_feedback=true", "--set", "algo.granularity=model"]
-    lbgm(2, "train", "configs/default.toml", *BASE, *method, "--set", "run.rounds=4",
-         "--set", f"system.topology={first}", "--out", str(out), "--quiet")
-    lbgm(2, "train", "configs/default.toml", *BASE, *method, "--set", f"system.topology={second}",
-         "--out", str(out), "--resume", "latest", "--quiet")
+def test_a_checkpoint_resumes_in_the_other_topology(runs, first, second):
+    """4 rounds in one topology on 2 ranks, 4 more in the other on 4 ranks = 8 uninterrupted, bit
+    for bit (LBGM with error feedback on a compressor: bank rows, cursors and client states all
+    travel)."""
     name = "ef-powersgd+lbgm" + ("@star" if second == "star" else "")
-    straight = without_timing(read_metrics(runs[2] / name))
-    resumed = without_timing(read_metrics(out))
-    keys = EXACT  # mpi/link bytes of the first 4 rounds are those of the other topology
-    assert [{k: r[k] for k in keys} for r in resumed] == [{k: r[k] for k in keys}
-                                                          for r in straight]
+    straight = read_metrics(runs[2] / name)
+    resumed = read_metrics(runs["cut"][first])
+    # mpi and link bytes of the first 4 rounds are those of the other topology
+    assert _exact(resumed) == _exact(straight)
     assert sum(r["scalars"] for r in straight) > 0
 
 
@@ -286,21 +298,16 @@ def test_a_client_ranks_peak_holds_its_own_rows_not_the_bank(tmp_path):
 
 
 @pytest.mark.mpi
-def test_a_hundred_clients_in_a_star(tmp_path):
+def test_a_hundred_clients_in_a_star(runs):
     """The paper's client count: 100 clients on 3 client ranks and a dedicated server, 10 per
     round, LBGM per segment: the same decisions and model as the replicated topology, and the
     server's downlink is exactly every client's record and refresh."""
-    job = [*BASE, "--set", "clients.count=100", "--set", "clients.per_round=10",
-           "--set", "run.rounds=6", "--set", "data.partition=iid"]
-    lbgm(4, "train", "configs/default.toml", *job, "--set", "system.topology=star",
-         "--set", "system.server=dedicated", "--out", str(tmp_path / "star"), "--quiet")
-    lbgm(2, "train", "configs/default.toml", *job, "--out", str(tmp_path / "replicated"),
-         "--quiet")
-    star, replicated = read_metrics(tmp_path / "star"), read_metrics(tmp_path / "replicated")
+    star_dir = runs["hundred"]["star"]
+    star, replicated = read_metrics(star_dir), read_metrics(runs["hundred"]["replicated"])
     assert _exact(star) == _exact(replicated)
     assert sum(r["scalars"] for r in star) > 0
-    summary = read_summary(tmp_path / "star")
-    record = _itemsize(tmp_path / "star", 1)
+    summary = read_summary(star_dir)
+    record = _itemsize(star_dir, 1)
     assert summary["link_down_bytes_by_rank"][0] == sum(
         r["participants"] * record + r["uplink_bytes"] - 4 * r["scalars"] for r in star)
     per_client = 4 * summary["num_params"]
