@@ -406,7 +406,7 @@ def links_global_vs_baseline() -> str:
 
 # --------------------------------------------------------------------------- the star
 
-LINKS_STAR = ("links-star.json",)
+LINKS_STAR = ("links-star.json", "links-star-devices.json", "links-star-devices-lr01.json")
 
 
 def links_star() -> str:
@@ -420,7 +420,8 @@ def links_star() -> str:
         rate = lambda key: RATES.get(links[key], links[key]).replace(" Mbit/s", "M") \
             .replace(" Gbit/s", "G")
         setting = (f"{data['ranks']} ranks ({data['server'] or 'shared'}), {rate('up')} up / "
-                   f"{rate('down')} down, server {rate('server')}")
+                   f"{rate('down')} down, server {rate('server')}; "
+                   + " ".join([Path(data["config"]).name, *data["overrides"]]))
         for r in data["results"]:
             cells = [setting, r["method"], str(r["clients"])]
             for k, t in enumerate(r["targets"]):
