@@ -105,6 +105,21 @@ class GatherExchange(Exchange, ABC):
                   for f, v in zip(TRAFFIC_FIELDS, figures)}
         return buf[:d], RoundTraffic(**values)
 
+    @abstractmethod
+    def _encode(self, k, g, record, rnd) -> list[torch.Tensor]:
+        """Fill client k's refresh flags and coefficients; return its payload as 1-D uint8
+        pieces (views where possible: they are sent before ``updates`` is dropped)."""
+
+    @abstractmethod
+    def _receive(self, got, weights, per_rank, pieces, counts):
+        """Run the payload gather (``_move``: to every rank, or to a star's server), put every
+        part in place, and return what ``_combine`` needs of it."""
+
+    @abstractmethod
+    def _combine(self, got, weights, received) -> torch.Tensor:
+        """The aggregate from every record and what ``_receive`` returned (the same on every
+        rank that aggregates)."""
+
     def _collect(self, got, per_rank, pieces, counts) -> dict[int, torch.Tensor]:
         """Gather the payloads, each whole, by client id (for compressed payloads: small)."""
         buffers = {int(r["client"]): torch.empty(int(r["payload"]), dtype=torch.uint8)
