@@ -12,13 +12,14 @@ import torch
 from lbgm_mpi.compress import (AtomoCompressor, ErrorFeedback, PowerSGDCompressor,
                                RandomKCompressor, SignCompressor, TopKCompressor, make_compressor)
 from lbgm_mpi.compress.packing import pack, unpack
+from lbgm_mpi.config import COMPRESSORS
 from lbgm_mpi.compress.sign import pack_bits, unpack_bits
 from lbgm_mpi.compress.topk import keep_count
 from lbgm_mpi.models.layout import Layout
 
 # conv weight, its bias, an odd 7-wide layer with its bias, a scalar
 SHAPES = [(5, 3, 3, 3), (5,), (7, 20), (7,), ()]
-NAMES = ["topk", "randomk", "sign", "atomo", "powersgd"]
+NAMES = list(COMPRESSORS[1:])  # every compressor the config offers
 
 
 def make_layout(shapes) -> Layout:

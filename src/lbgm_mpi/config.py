@@ -24,6 +24,10 @@ def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
 
 
+# algo.compressor's values: the names lbgm_mpi.compress builds (and "none"), in one place
+COMPRESSORS = ("none", "topk", "randomk", "sign", "lowrank", "powersgd")
+
+
 @dataclass(frozen=True)
 class Run:
     seed: int = 0             # master seed: model init, partition, sampling, client streams
@@ -138,8 +142,7 @@ class Algo:
 
     def __post_init__(self):
         _one_of(self.name, "algo.name", ("fedavg", "lbgm", "fedluar"))
-        _one_of(self.compressor, "algo.compressor",
-                ("none", "topk", "randomk", "sign", "lowrank", "powersgd"))
+        _one_of(self.compressor, "algo.compressor", COMPRESSORS)
         _check(0.0 < self.ratio <= 1.0, "algo.ratio", "must be in (0, 1]")
         _check(self.rank >= 1, "algo.rank", "must be >= 1")
         _one_of(self.scope, "algo.scope", ("client", "global"))

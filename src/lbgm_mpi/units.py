@@ -1,5 +1,7 @@
 """How quantities read: byte counts in decimal units (as network rates are), short durations."""
 
+FLOAT_BYTES = 4  # a float32 value, as every update, bank row and aggregate travels and is stored
+
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
 

@@ -10,6 +10,7 @@ from lbgm_mpi.compress.lowrank import AtomoCompressor, PowerSGDCompressor
 from lbgm_mpi.compress.per_client import ClientCompressors
 from lbgm_mpi.compress.sign import SignCompressor
 from lbgm_mpi.compress.topk import RandomKCompressor, TopKCompressor
+from lbgm_mpi.config import COMPRESSORS
 from lbgm_mpi.models.layout import Layout
 
 # name -> builder(layout, ratio, rank, seed); each takes the settings it uses
@@ -17,17 +18,18 @@ _BUILDERS = {
     "topk": lambda layout, ratio, rank, seed: TopKCompressor(layout, ratio),
     "randomk": lambda layout, ratio, rank, seed: RandomKCompressor(layout, ratio, seed),
     "sign": lambda layout, ratio, rank, seed: SignCompressor(layout),
-    "atomo": lambda layout, ratio, rank, seed: AtomoCompressor(layout, rank),
+    "lowrank": lambda layout, ratio, rank, seed: AtomoCompressor(layout, rank),
     "powersgd": lambda layout, ratio, rank, seed: PowerSGDCompressor(layout, rank, seed),
 }
 COMPRESSOR_NAMES = ("none", *_BUILDERS)
+assert COMPRESSOR_NAMES == COMPRESSORS, "config.COMPRESSORS names what this package builds"
 
 
 def make_compressor(name: str, layout: Layout, *, ratio: float, rank: int, seed: int,
                     error_feedback: bool) -> Compressor | None:
     """The compressor called ``name`` (None for "none"), wrapped in ErrorFeedback if asked.
 
-    ``ratio`` is used by topk and randomk, ``rank`` by atomo and powersgd, ``seed`` by randomk
+    ``ratio`` is used by topk and randomk, ``rank`` by lowrank (ATOMO-style) and powersgd, ``seed`` by randomk
     and powersgd; the others ignore them.
     """
     if name == "none":

@@ -74,7 +74,7 @@ class AtomoCompressor(_FactorCompressor):
     biased, so pair it with ErrorFeedback.
     """
 
-    name = "atomo"
+    name = "lowrank"
 
     def _factor_shapes(self, m, n, r):
         return [(m, r), (r,), (n, r)]

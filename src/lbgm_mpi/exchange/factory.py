@@ -13,20 +13,15 @@ from lbgm_mpi.exchange.lbgm import LbgmExchange, make_bank
 from lbgm_mpi.exchange.recycling import RecyclingExchange
 from lbgm_mpi.kernels import select_kernels
 
-# config name -> name in lbgm_mpi.compress, where the two differ
-COMPRESSOR_NAMES = {"lowrank": "atomo"}
-
-
 def client_compressors(spec, topology, layout) -> ClientCompressors | None:
     """The compressors of the clients this rank hosts, seeded by (run.seed, client id); None
     when algo.compressor is "none"."""
     algo = spec.algo
     if algo.compressor == "none":
         return None
-    name = COMPRESSOR_NAMES.get(algo.compressor, algo.compressor)
 
     def build(seed: int):
-        return make_compressor(name, layout, ratio=algo.ratio, rank=algo.rank, seed=seed,
+        return make_compressor(algo.compressor, layout, ratio=algo.ratio, rank=algo.rank, seed=seed,
                                error_feedback=algo.error_feedback)
 
     return ClientCompressors(build, topology.local_clients, spec.run.seed)

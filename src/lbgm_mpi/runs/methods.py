@@ -10,6 +10,8 @@ puts, say, "fedavg" (Allreduce) and "fedavg@star" side by side; without it a met
 base config's topology.
 """
 
+from lbgm_mpi.config import COMPRESSORS
+
 STAR = "@star"
 
 
@@ -26,7 +28,7 @@ METHODS = {
     "fedavg": _method("fedavg"),
     "lbgm": _method("lbgm"),
     **{label: _method(name, compressor)
-       for compressor in ("topk", "randomk", "sign", "lowrank", "powersgd")
+       for compressor in COMPRESSORS[1:]
        for label, name in ((compressor, "fedavg"), (f"{compressor}+lbgm", "lbgm"))},
     "ef-sign": _method("fedavg", "sign", error_feedback=True),
     # benchmarks/bench_links.py: LBGM at a named granularity; PowerSGD with error feedback,

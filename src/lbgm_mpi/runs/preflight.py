@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from lbgm_mpi.errors import ConfigError, UserError
-from lbgm_mpi.units import human_bytes
+from lbgm_mpi.units import FLOAT_BYTES, human_bytes
 
 PER_CLIENT_BYTES = 256  # partition index array, label histogram, placement: Python objects each
-FLOAT_BYTES = 4
 BANK_BYTES = {"float32": 4, "bfloat16": 2}
 
 
