@@ -427,15 +427,7 @@ def star_break_even(params: dict, prof: dict, fed: dict, ranks: int,
     in the star); 0 if even no refresh costs more, 1 if every refresh costs less (bisection)."""
     target = starmodel.star_round(params, fed, ranks, links)
     cost = lambda f: starmodel.star_round(params, {**prof, "refresh": f}, ranks, links)
-    if cost(0.0) >= target:
-        return 0.0
-    if cost(1.0) <= target:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cost(mid) < target else (lo, mid)
-    return (lo + hi) / 2
+    return costmodel.break_even(cost, target)
 
 
 def baseline(profiles: dict, prof: dict) -> str | None:
@@ -655,15 +647,19 @@ def fit_summary(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _model_vs_measured(runs: list[dict]) -> str:
+    """The model's seconds in the exchange against each measured run's."""
+    return table(["method", "measured comm s", "model comm s", "error"],
+                 [[c["method"], _s(c["comm_s"]), _s(c["model_s"]), f"{100 * c['error']:+.0f}%"]
+                  for c in runs])
+
+
 def model_tables(model: dict, ranks: int | None) -> str:
     """The model against the measured runs (if any), then its predictions."""
     parts = []
     if model.get("runs"):
         parts += [f"MODEL vs measured seconds in collectives ({ranks} ranks, each run's own "
-                  "refreshes):",
-                  table(["method", "measured comm s", "model comm s", "error"],
-                        [[c["method"], _s(c["comm_s"]), _s(c["model_s"]),
-                          f"{100 * c['error']:+.0f}%"] for c in model["runs"]])]
+                  "refreshes):", _model_vs_measured(model["runs"])]
     heads = [f"{r}: " + " / ".join(f"{f:g}" for f in TARGETS) for r in MODEL_RATES]
     parts += ["MODEL: predicted seconds to the targets (" + ", ".join(f"{f:g}" for f in TARGETS)
               + " x FedAvg's best; one client per rank, rounds to each target as measured):",
@@ -728,9 +724,7 @@ def split_model_tables(model: dict, ranks: int | None, reference: str | None) ->
     if model.get("runs"):
         parts += [f"MODEL vs measured seconds in the exchange ({ranks} ranks, each run's own "
                   "refreshes; the star's: which clients refreshed drawn at random):",
-                  table(["method", "measured comm s", "model comm s", "error"],
-                        [[c["method"], _s(c["comm_s"]), _s(c["model_s"]),
-                          f"{100 * c['error']:+.0f}%"] for c in model["runs"]])]
+                  _model_vs_measured(model["runs"])]
     rows = model["topology_table"]
     methods = list(dict.fromkeys(m for r in rows for m in r["seconds"]))
     goals = " / ".join(f"{f:g}" for f in TARGETS)

@@ -25,8 +25,6 @@ import argparse
 import gc
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -38,7 +36,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lbgm_mpi.config import Data, Model
 from lbgm_mpi.data.datasets import load_dataset
-from lbgm_mpi.ddp import LBGMHookState, init_process_group_from_env, lbgm_hook
+from lbgm_mpi.ddp import (
+    LBGMHookState,
+    end_process,
+    init_process_group_from_env,
+    lbgm_hook,
+)
 from lbgm_mpi.models import build_model
 
 HOOKS = ("allreduce", "fp16", "powersgd", "lbgm")
@@ -297,9 +300,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # gloo's threads can abort the interpreter's teardown after destroy_process_group ("terminate
-    # called without an active exception"): everything is printed and saved, so end here
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # everything is printed and saved: end without the interpreter's teardown (see end_process)
+    end_process(main())

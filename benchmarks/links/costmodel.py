@@ -210,6 +210,12 @@ def break_even_refresh(params: dict, prof: dict, ranks: int, rate_bits: float,
     less)."""
     target = seconds(params, "allreduce", ranks, [fedavg_bytes], rate_bits)
     cost = lambda f: gather_round(params, ranks, rate_bits, prof["record"], f, prof["payload"])
+    return break_even(cost, target)
+
+
+def break_even(cost, target: float) -> float:
+    """The refresh fraction f in [0, 1] at which the increasing ``cost(f)`` reaches ``target``
+    (bisection): 0 if even no refresh costs more, 1 if every refresh costs less."""
     if cost(0.0) >= target:
         return 0.0
     if cost(1.0) <= target:

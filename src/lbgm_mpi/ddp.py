@@ -434,6 +434,17 @@ def _launcher_env(env) -> tuple[str, int, int, int]:
     return "single", 0, 1, 0
 
 
+def end_process(code: int) -> None:
+    """Flush stdout and stderr and end the process with ``code`` at once, skipping the
+    interpreter's teardown: after destroy_process_group, gloo's threads can still abort that
+    teardown ("terminate called without an active exception", about one exit in ten). Call it
+    last, once everything is printed and saved."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def init_process_group_from_env(backend: str | None = None,
                                 timeout: timedelta | None = None) -> DistInfo:
     """Start the default process group from the launcher's environment; return DistInfo.

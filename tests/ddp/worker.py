@@ -22,7 +22,6 @@ group of its own, since that is what it tests).
 import argparse
 import gc
 import json
-import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +31,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from lbgm_mpi.ddp import LBGMHookError, LBGMHookState, init_process_group_from_env, lbgm_hook
+from lbgm_mpi.ddp import (
+    LBGMHookError,
+    LBGMHookState,
+    end_process,
+    init_process_group_from_env,
+    lbgm_hook,
+)
 
 IN, OUT = 20, 5
 
@@ -212,9 +217,4 @@ def main():
 
 
 if __name__ == "__main__":
-    code = main()
-    # gloo's threads can still abort the interpreter's teardown ("terminate called without an
-    # active exception", about one exit in ten here): the result is written, so end now
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    end_process(main())  # the result is written: end without the interpreter's teardown

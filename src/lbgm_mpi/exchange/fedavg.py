@@ -34,7 +34,9 @@ class FedAvgExchange(Exchange):
         nbytes = buf.numel() * FLOAT_BYTES
         counts = [nbytes if self.topo.clients_on(participants, r) else 0
                   for r in range(self.comm.size)]
-        total = buf.clone() if counts[self.comm.rank] else torch.zeros_like(buf)
+        # buf is this rank's own (weighted_sum made it): the root adds into it, the others
+        # receive the total into it once it has been sent
+        total = buf if counts[self.comm.rank] else torch.zeros_like(buf)
 
         def add(rank, offset, data):  # offsets are multiples of the float size
             if self.topo.is_root and rank != self.comm.rank:
