@@ -46,7 +46,6 @@ and the MODEL predicts each method at MODEL_RANKS on the link shapes of STAR_SHA
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -55,9 +54,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "links"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "src"))
 
 import costmodel  # noqa: E402
+from record import write_record  # noqa: E402
 import netns  # noqa: E402
 import shaping  # noqa: E402
 import starmodel  # noqa: E402
@@ -919,13 +920,10 @@ def model_only(args) -> None:
                          tables])
     print(text)
     if args.out_given:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".txt").write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": f"python {' '.join(sys.argv)}", "source": args.model_only,
-             "profile_runs": args.profile_runs, "params": params, "one_rank_s": alone,
-             "ranks": list(MODEL_RANKS), "rates": list(MODEL_RATES), **model}, indent=1))
+        out = write_record(Path(args.out).with_suffix(".json"),
+                           {"source": args.model_only, "profile_runs": args.profile_runs,
+                            "params": params, "one_rank_s": alone, "ranks": list(MODEL_RANKS),
+                            "rates": list(MODEL_RATES), **model}, text=text)
         print(f"wrote {out.with_suffix('.txt')}, .json")
 
 
@@ -982,16 +980,12 @@ def finish(args, points: list[dict], folders: dict, alone: dict, qdiscs: dict | 
     model = fit_model(points, results, args.ranks, model_links(args), alone, bool(args.split))
     text = report_text(args, results, targets, alone, model)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".txt").write_text(text + "\n")
-    plot(results, targets, args, out.with_suffix(".png"))
-    record = {"command": f"python {' '.join(sys.argv)}", "config": args.config,
+    out = Path(args.out).with_suffix(".json")
+    record = {"config": args.config,
               "overrides": args.overrides, "rate": args.rate, "ranks": args.ranks,
               "pinned_mca": costmodel.PINNED, "target_acc": targets[0],
               "targets": [{"fraction": f, "acc": t} for f, t in zip(TARGETS, targets)],
               "fit_from": args.reuse_fit, "one_rank_s": alone,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
               "checks": target_checks(results, args.rate), "model": model}
     if getattr(args, "measured_by", None):
@@ -1003,7 +997,8 @@ def finish(args, points: list[dict], folders: dict, alone: dict, qdiscs: dict | 
             links={"server": args.split.server, "up": args.split.up, "down": args.split.down,
                    "qdiscs": qdiscs},
             checks=star_checks(results, reference or "fedavg"))
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    write_record(out, record, text=text)
+    plot(results, targets, args, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.txt')}, .json, .png")
 
 
