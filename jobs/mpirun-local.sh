@@ -48,6 +48,9 @@ if ! command -v mpirun >/dev/null || ! python -c "import lbgm_mpi" 2>/dev/null; 
 fi
 # Open MPI refuses to start as root unless told so.
 [ "$(id -u)" != 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# One machine, so shared memory carries every message: leave out Open MPI's libfabric BTL, whose
+# start-up sleeps one second in every rank's MPI_Init where there is no fabric. A user's setting wins.
+export OMPI_MCA_btl="${OMPI_MCA_btl:-^ofi}"
 oversubscribe=()
 [ "$np" -le "$(nproc)" ] || oversubscribe=(--oversubscribe)
 # lbgm-mpi prints this command (then train|compare and the arguments) as the one that continues

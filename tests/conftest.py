@@ -22,6 +22,10 @@ def mpi_env() -> dict:
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PYTHONPATH=str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
+    # One machine, so shared memory carries every message: skip Open MPI's libfabric BTL, whose
+    # start-up sleeps one second in every MPI_Init on a machine without a fabric (jobs/
+    # mpirun-local.sh does the same). A setting of the caller's wins.
+    env.setdefault("OMPI_MCA_btl", "^ofi")
     return env
 
 

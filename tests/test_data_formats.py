@@ -226,3 +226,15 @@ def test_hdf5_bad_files_name_the_file(tmp_path):
         del f["y_test"]
     with pytest.raises(DataFormatError, match="old.h5.*missing dataset y_test"):
         dataset_h5_info(path)
+
+
+def test_digits_read_from_the_shipped_file_are_load_digits():
+    """The embedded digits are read from scikit-learn's CSV without importing it: the same
+    images (float64, 0..16) and labels as load_digits, in the same order."""
+    from sklearn.datasets import load_digits
+
+    from lbgm_mpi.data.datasets import digits_arrays
+    images, labels = digits_arrays()
+    raw = load_digits()
+    assert images.dtype == raw.images.dtype and images.shape == (1797, 8, 8)
+    assert np.array_equal(images, raw.images) and np.array_equal(labels, raw.target)

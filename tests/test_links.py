@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -128,14 +129,25 @@ def test_an_interrupted_benchmark_removes_what_it_created(tmp_path, sig):
     while len(netns.leftovers(PREFIX)) < 3 and time.monotonic() < deadline:  # hosts, bridge
         time.sleep(0.2)
     created = netns.leftovers(PREFIX)
-    time.sleep(3)  # let MPI start in the namespaces
-    started = netns.namespace_pids(netns.namespaces(PREFIX))
+    started, ranks = set(), set()  # wait for ranks in the namespaces (after the links are shaped)
+    while not ranks and proc.poll() is None and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
+        started = netns.namespace_pids(netns.namespaces(PREFIX))
+        ranks = {pid for pid in started if _is_python(pid)}
     proc.send_signal(sig)
     out = _finish(proc, 30)
     assert proc.returncode != 0, out
-    assert len(created) >= 3 and started, out
+    assert len(created) >= 3 and ranks, out
     assert netns.leftovers(PREFIX) == [], out
     assert not [pid for pid in started if _alive(pid)], out
+
+
+def _is_python(pid: int) -> bool:
+    """Whether ``pid`` runs Python (a rank, rather than tc or PRRTE's daemon)."""
+    try:
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _alive(pid: int) -> bool:

@@ -7,7 +7,9 @@ read from their standard files under ``data.root`` (see lbgm_mpi.data.formats).
 """
 
 import functools
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,11 +48,26 @@ def _make(name, x_tr, y_tr, x_te, y_te, num_classes) -> Dataset:
     return Dataset(name, as_x(x_tr), as_y(y_tr), as_x(x_te), as_y(y_te), num_classes)
 
 
-def _digits(cfg) -> Dataset:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``load_digits`` gives them: images float64 [1797, 8, 8] with values
+    0..16, and their labels. Read straight from the CSV file the package ships, which is what
+    ``load_digits`` reads, so that a rank does not spend a second importing scikit-learn (and
+    SciPy) to get them; through ``load_digits`` where that file is not where it used to be."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        table = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if table.is_file():
+            data = np.loadtxt(table, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
     from sklearn.datasets import load_digits
     raw = load_digits()
-    x = (raw.images.astype(np.float32) / 16.0 - 0.5)[:, None, :, :]  # [N, 1, 8, 8]
-    return _make("digits", *_split(x, raw.target, 0.2), 10)
+    return raw.images, raw.target
+
+
+def _digits(cfg) -> Dataset:
+    images, labels = digits_arrays()
+    x = (images.astype(np.float32) / 16.0 - 0.5)[:, None, :, :]  # [N, 1, 8, 8]
+    return _make("digits", *_split(x, labels, 0.2), 10)
 
 
 def _mnist1d(cfg) -> Dataset:
