@@ -76,10 +76,10 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
-# Start jobs within a second of becoming eligible, and let a requeued job start again after 10 s
-# rather than 120 (the credential lifetime is also that hold-back time).
+# Start jobs within a second of becoming eligible, and let a requeued job start again after 5 s
+# rather than 120 (the credential lifetime is also that hold-back time; Slurm refuses under 5).
 SchedulerParameters=sched_interval=1,bf_interval=1
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none

@@ -18,7 +18,7 @@ import pytest
 from conftest import FAST, REPO, lbgm, mpi_env, read_metrics, read_summary, without_timing
 
 # The longest wait for one event of a job. SLURM holds a requeued job back for the credential
-# lifetime, AuthInfo=cred_expire: .ci/slurm-up.sh sets 10 s, the default is 120 s.
+# lifetime, AuthInfo=cred_expire: .ci/slurm-up.sh sets 5 s (the least Slurm takes), the default is 120 s.
 JOB_TIMEOUT_S = 240
 POLL_S = 0.3
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
