@@ -85,11 +85,13 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
-# A small, fast, non-IID job on the synthetic set used by the multi-rank invariants.
+# A small, fast, non-IID job on the synthetic set used by the multi-rank invariants. It draws no
+# PNGs (drawing them costs rank 0 more than training does); a test that reads them adds PLOTS.
 FAST = ["--set", "data.name=synthetic", "--set", "model.name=mlp", "--set", "model.hidden=16",
         "--set", "clients.count=4", "--set", "run.rounds=8", "--set", "clients.lr=0.1",
         "--set", "data.partition=shards", "--set", "data.classes_per_client=2",
-        "--set", "run.check_every=2"]
+        "--set", "run.check_every=2", "--set", "run.plots=false"]
+PLOTS = ["--set", "run.plots=true"]
 
 
 # ---- a job started as a terminal starts it, stopped by signals (tests/test_stops_and_resumes.py,
@@ -169,7 +171,8 @@ def fast_compare(tmp_path_factory) -> Path:
     """A finished compare (fedavg, lbgm) of the FAST job at one rank: its folder, with the PNGs
     it wrote. Shared by the tests that read it (they copy it before changing anything)."""
     out = tmp_path_factory.mktemp("fast-compare")
-    lbgm(1, "compare", "configs/default.toml", *FAST, "--out", str(out), "--quiet", timeout=120)
+    lbgm(1, "compare", "configs/default.toml", *FAST, *PLOTS, "--out", str(out), "--quiet",
+         timeout=120)
     return out
 
 

@@ -11,7 +11,7 @@
 
 import pytest
 
-from conftest import FAST, RANKS, lbgm_batch, read_metrics, read_summary, without_timing
+from conftest import FAST, PLOTS, RANKS, lbgm_batch, read_metrics, read_summary, without_timing
 
 DETERMINISTIC = ("round", "test_acc", "test_loss", "train_loss", "participants", "refreshes",
                  "scalars", "uplink_bytes", "dense_uplink_bytes")
@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
         jobs = [["compare", "configs/default.toml", *FAST, "--set", "algo.threshold=0.3",
                  "--methods", "fedavg,lbgm", "--out", str(base), "--quiet"],
                 ["train", "configs/default.toml", *FAST, "--set", "algo.threshold=0",
-                 "--out", str(base / "lbgm0"), "--quiet"],
+                 *(PLOTS if np_ == 1 else []), "--out", str(base / "lbgm0"), "--quiet"],
                 ["train", "configs/default.toml", *FAST, *PARTIAL,
                  "--out", str(base / "layer"), "--quiet"],
                 ["train", "configs/default.toml", *FAST, *PARTIAL, *SHARED_SMALL,
@@ -47,6 +47,13 @@ def runs(tmp_path_factory):
         lbgm_batch(np_, *jobs)
         out[np_] = base
     return out
+
+
+def test_train_and_compare_draw_their_plots_unless_told_not_to(runs):
+    pngs = lambda folder: sorted(p.name for p in folder.glob("*.png"))
+    assert pngs(runs[1] / "lbgm0") == ["plot_acc_vs_bytes.png", "plot_acc_vs_round.png"]
+    assert pngs(runs[4] / "high") == ["compare_acc_vs_bytes.png", "compare_acc_vs_round.png"]
+    assert pngs(runs[1] / "layer") == pngs(runs[1]) == [], "run.plots = false drew plots"
 
 
 def _columns(rows, keys=DETERMINISTIC):

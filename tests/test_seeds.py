@@ -107,12 +107,13 @@ def test_seed_selection_and_errors(tmp_path):
 def test_compare_and_report_over_seeds(tmp_path):
     """Each seed's runs equal a plain compare at that seed; the table is over both seeds, and
     report --seeds prints the same table from the run folders."""
-    from conftest import FAST, lbgm, lbgm_batch, read_metrics, without_timing
+    from conftest import FAST, PLOTS, lbgm, lbgm_batch, read_metrics, without_timing
     common = ["configs/default.toml", *FAST, "--set", "run.rounds=4", "--methods", "fedavg,lbgm",
               "--quiet"]
     # one job: the compare over seeds (whose table is read from the output, printed first), then
     # the plain compare at seed 1
-    out = lbgm_batch(2, ["compare", *common, "--seeds", "3,1", "--out", str(tmp_path / "cmp")],
+    out = lbgm_batch(2, ["compare", *common, *PLOTS, "--seeds", "3,1",
+                         "--out", str(tmp_path / "cmp")],
                      ["compare", *common, "--set", "run.seed=1",
                       "--out", str(tmp_path / "one")]).stdout
     for method in ("fedavg", "lbgm"):
@@ -122,6 +123,8 @@ def test_compare_and_report_over_seeds(tmp_path):
     assert [line.split()[:2] for line in table.splitlines()[3:]] == [["fedavg", "1,3"],
                                                                      ["lbgm(t=0.2)", "1,3"]]
     assert (tmp_path / "cmp" / "compare_seeds.png").stat().st_size > 0
+    assert (tmp_path / "cmp" / "seed-3" / "compare_acc_vs_bytes.png").stat().st_size > 0
+    assert not list((tmp_path / "one").rglob("*.png")), "run.plots = false drew plots"
     folders = sorted(str(p) for p in (tmp_path / "cmp").glob("seed-*/*") if p.is_dir())
     report = lbgm(1, "report", "--seeds", "1,3", *folders, timeout=60).stdout
     assert report.strip() == table

@@ -38,6 +38,7 @@ class Run:
     checkpoint_minutes: float = 30.0  # and one when N minutes passed since the last (0 = off)
     keep_checkpoints: int = 2  # how many checkpoints to keep in the run folder
     label: str = ""           # name of the run in tables and plots ("" = derived from algo)
+    plots: bool = True        # train and compare end by drawing the run's PNGs (about 1 s)
 
     def __post_init__(self):
         _check(self.rounds >= 1, "run.rounds", "must be >= 1")

@@ -222,7 +222,8 @@ def cmd_train(comm, args, spec) -> int:
         trainer = build_trainer(comm, spec, out, args.quiet, args.resume, stop)
         summary = trainer.run()
     if comm.is_root:
-        _plot([out], out / "plot")
+        if spec.run.plots:
+            _plot([out], out / "plot")
         print(f"run folder: {out}  best accuracy {100 * summary['best_acc']:.2f}%  "
               f"uplink {summary['total_uplink_bytes']} B  MPI {summary['total_mpi_bytes']} B")
     return 0
@@ -269,29 +270,31 @@ def cmd_compare(comm, args, spec) -> int:
     if comm.is_root:
         folders = [folder for folder, _ in plan]
         if seeds is None:
-            _report_one_seed(out, folders)
+            _report_one_seed(out, folders, spec.run.plots)
         else:
-            _report_seeds(out, folders, seeds)
+            _report_seeds(out, folders, seeds, spec.run.plots)
     return 0
 
 
-def _report_one_seed(out: Path, folders: list[Path]) -> None:
+def _report_one_seed(out: Path, folders: list[Path], plots: bool) -> None:
     from lbgm_mpi.analysis.report import compare_table, format_table
-    _plot(folders, out / "compare")
+    if plots:
+        _plot(folders, out / "compare")
     print(format_table(compare_table(folders)))
     print(f"run folders: {out}/{{{','.join(f.name for f in folders)}}}")
 
 
-def _report_seeds(out: Path, folders: list[Path], seeds: list[int]) -> None:
+def _report_seeds(out: Path, folders: list[Path], seeds: list[int], plots: bool) -> None:
     """Each seed's plots in its folder; the table over seeds, and its spread plot in OUT."""
-    from lbgm_mpi.analysis.plots import plot_seed_spread
     from lbgm_mpi.analysis.report import load_run
     from lbgm_mpi.analysis.seeds import format_seed_table, group_by_method, seed_table
-    for seed in seeds:
-        _plot([f for f in folders if f.parent.name == f"seed-{seed}"], out / f"seed-{seed}" /
-              "compare")
     runs = [load_run(f) for f in folders]
-    print(f"plot: {plot_seed_spread(group_by_method(runs, seeds), out / 'compare_seeds.png')}")
+    if plots:
+        from lbgm_mpi.analysis.plots import plot_seed_spread
+        for seed in seeds:
+            _plot([f for f in folders if f.parent.name == f"seed-{seed}"], out / f"seed-{seed}" /
+                  "compare")
+        print(f"plot: {plot_seed_spread(group_by_method(runs, seeds), out / 'compare_seeds.png')}")
     print(format_seed_table(seed_table(runs, seeds)))
     print(f"run folders: {out}/seed-{{{','.join(map(str, seeds))}}}/"
           f"{{{','.join(dict.fromkeys(f.name for f in folders))}}}")
