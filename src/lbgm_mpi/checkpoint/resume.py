@@ -11,8 +11,7 @@ from lbgm_mpi.checkpoint.store import (
 # Keys that may change on resume: they do not change what a round computes.
 SAFE_KEYS = {"run.rounds", "run.eval_every", "run.check_every", "run.checkpoint_every",
              "run.checkpoint_minutes", "run.keep_checkpoints", "run.label", "run.plots",
-             "system.threads",
-             "system.device", "system.kernels", "system.cuda_aware_mpi",
+             "system.threads", "system.device", "system.kernels", "system.cuda_aware_mpi",
              "system.allow_gpu_sharing", "system.bank", "system.max_message_bytes",
              "system.topology", "system.server"}
 
