@@ -6,12 +6,14 @@ lines, labels that hide a run's settings, and help that disagreed with the code.
 under a timeout, on the synthetic set, for a few rounds."""
 
 import fcntl
+import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from test_errors_before_start import _nan_rows, _store
 from lbgm_mpi.analysis import plots
 from lbgm_mpi.cli.train import _compare_plan
 from lbgm_mpi.config import ConfigError, load_config, to_toml
+from lbgm_mpi.errors import UserError
 from lbgm_mpi.runs import lock as runlock
 from lbgm_mpi.runs.lock import RunLock
 from lbgm_mpi.runs.methods import METHODS, method_overrides
@@ -186,6 +189,38 @@ def test_a_lock_released_with_nothing_written_takes_its_folders_away(tmp_path):
         lock.acquire()
         (tmp_path / "c" / "metrics.jsonl").write_text("")
     assert (tmp_path / "c" / ".lock").read_text() == ""  # a run's folder keeps its lock file
+
+
+def _hold_with_empty_record(folder: Path) -> int:
+    """A lock on FOLDER/.lock held by another open file, with no holder record yet: a run in
+    the instant between taking the lock and writing who it is (or emptying it and letting go)."""
+    folder.mkdir()
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_run_starting_at_the_same_instant_is_named_not_unreadable(tmp_path):
+    """Two runs started together: the second meets the first's lock before its record; it waits
+    for the record and names the holder."""
+    fd = _hold_with_empty_record(tmp_path / "run")
+    record = '{"host": "n1", "pid": 4242, "started": "2026-01-01 10:00:00", "command": "x"}'
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, record.encode(), 0))
+    writer.start()
+    with pytest.raises(UserError, match=r"in use by another run \(pid 4242 on host n1"):
+        RunLock(tmp_path / "run").acquire()
+    writer.join()
+    os.close(fd)
+
+
+def test_a_run_ending_at_the_same_instant_leaves_the_lock_to_the_next(tmp_path):
+    fd = _hold_with_empty_record(tmp_path / "run")
+    closer = threading.Timer(0.2, os.close, [fd])
+    closer.start()
+    lock = RunLock(tmp_path / "run").acquire()
+    closer.join()
+    assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+    lock.release()
 
 
 def test_a_lock_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):

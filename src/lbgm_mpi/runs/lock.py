@@ -25,6 +25,7 @@ LOCK_NAME = ".lock"
 # flock() answers these where the file system cannot lock (e.g. Lustre mounted without flock)
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 _ATTEMPTS = 5  # tries to lock the file that has the name (see RunLock._try_acquire)
+HOLDER_WAIT_S = 2.0  # how long an empty holder record under a held lock is waited on
 
 
 def _holder_text(raw: str) -> str:
@@ -108,16 +109,37 @@ class RunLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            if err.errno not in _NO_LOCKS:
-                holder = _holder_text(self._read())
-                self._close()
-                raise UserError(f"{self.folder} is in use by another run ({holder}): wait for "
-                                "it to end, or choose another --out") from None
-            self.unlocked = True
+            if err.errno in _NO_LOCKS:
+                self.unlocked = True
+            else:
+                holder = self._holder_or_lock()
+                if holder is not None:
+                    self._close()
+                    raise UserError(f"{self.folder} is in use by another run "
+                                    f"({_holder_text(holder)}): wait for it to end, or choose "
+                                    "another --out") from None
         if not self._holds_the_name():
             self._close()
             return False
         return True
+
+    def _holder_or_lock(self) -> str | None:
+        """The record of the run that holds the lock, or None once this process holds it.
+
+        A holder writes its record just after it takes the lock and empties it just before it
+        lets go. So an empty record under a held lock is a run that is starting or ending at
+        this moment, and is waited on (HOLDER_WAIT_S at most) until one or the other shows."""
+        deadline = time.monotonic() + HOLDER_WAIT_S
+        while True:
+            raw = self._read()
+            if raw or time.monotonic() > deadline:
+                return raw
+            time.sleep(0.01)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return None
+            except BlockingIOError:
+                continue
 
     def _holds_the_name(self) -> bool:
         try:
