@@ -3,7 +3,9 @@
 The root rank holds an exclusive ``flock`` on ``OUT/.lock`` for as long as the run lives, and
 writes into the file who holds it (host, pid, start time, command). The kernel drops the lock when
 the process ends, however it ends, so a crashed run never blocks its folder: the next run finds the
-old holder's line, says that it takes over, and goes on. The file is emptied on release but kept,
+old holder's line, says that it takes over, and goes on. A run that finds the lock held but the
+record empty (its holder is starting or ending at that instant) waits a moment for one or the
+other before it names the holder. The file is emptied on release but kept,
 except where the run created it and left nothing else in the folder (its start failed a check):
 then the lock file, and the folders the run created, go, so that a refused start leaves no
 trace. A lock counts only on the file that has the name at that moment (a late opener that
