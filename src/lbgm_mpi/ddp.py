@@ -35,6 +35,7 @@ Allreduce runs asynchronously, like the default hook's.
 
 import dataclasses
 import os
+import sys
 import warnings
 import weakref
 from datetime import timedelta
@@ -439,7 +440,6 @@ def end_process(code: int) -> None:
     interpreter's teardown: after destroy_process_group, gloo's threads can still abort that
     teardown ("terminate called without an active exception", about one exit in ten). Call it
     last, once everything is printed and saved."""
-    import sys
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -21,16 +21,15 @@ _BUILDERS = {
     "lowrank": lambda layout, ratio, rank, seed: AtomoCompressor(layout, rank),
     "powersgd": lambda layout, ratio, rank, seed: PowerSGDCompressor(layout, rank, seed),
 }
-COMPRESSOR_NAMES = ("none", *_BUILDERS)
-assert COMPRESSOR_NAMES == COMPRESSORS, "config.COMPRESSORS names what this package builds"
+assert ("none", *_BUILDERS) == COMPRESSORS, "config.COMPRESSORS names what this package builds"
 
 
 def make_compressor(name: str, layout: Layout, *, ratio: float, rank: int, seed: int,
                     error_feedback: bool) -> Compressor | None:
     """The compressor called ``name`` (None for "none"), wrapped in ErrorFeedback if asked.
 
-    ``ratio`` is used by topk and randomk, ``rank`` by lowrank (ATOMO-style) and powersgd, ``seed`` by randomk
-    and powersgd; the others ignore them.
+    ``ratio`` is used by topk and randomk, ``rank`` by lowrank (ATOMO-style) and powersgd,
+    ``seed`` by randomk and powersgd; the others ignore them.
     """
     if name == "none":
         if error_feedback:
@@ -39,11 +38,11 @@ def make_compressor(name: str, layout: Layout, *, ratio: float, rank: int, seed:
         return None
     if name not in _BUILDERS:
         raise ValueError(f"unknown compressor {name!r}: choose one of "
-                         f"{', '.join(COMPRESSOR_NAMES)}")
+                         f"{', '.join(COMPRESSORS)}")
     compressor = _BUILDERS[name](layout, ratio, rank, seed)
     return ErrorFeedback(compressor) if error_feedback else compressor
 
 
-__all__ = ["COMPRESSOR_NAMES", "AtomoCompressor", "ClientCompressors", "Compressor",
+__all__ = ["AtomoCompressor", "ClientCompressors", "Compressor",
            "ErrorFeedback", "PowerSGDCompressor", "RandomKCompressor", "SignCompressor",
            "TopKCompressor", "make_compressor"]

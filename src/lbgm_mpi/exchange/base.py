@@ -7,7 +7,6 @@ import torch
 from lbgm_mpi.algorithm.bank import LookbackBank
 from lbgm_mpi.compress import ClientCompressors
 from lbgm_mpi.training.phases import PhaseTimer
-from lbgm_mpi.units import FLOAT_BYTES  # noqa: F401  (the exchanges import it from here)
 
 
 @dataclass

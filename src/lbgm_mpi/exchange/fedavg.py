@@ -5,7 +5,8 @@ to every rank: a client rank's uplink carries one d + 1 vector, its downlink ano
 
 import torch
 
-from lbgm_mpi.exchange.base import FLOAT_BYTES, Exchange, RoundTraffic
+from lbgm_mpi.exchange.base import Exchange, RoundTraffic
+from lbgm_mpi.units import FLOAT_BYTES
 
 
 class FedAvgExchange(Exchange):

@@ -19,8 +19,9 @@ import torch
 
 from lbgm_mpi.algorithm.bank import LookbackBank
 from lbgm_mpi.compress import ClientCompressors
-from lbgm_mpi.exchange.base import FLOAT_BYTES, TRAFFIC_FIELDS, Exchange, RoundTraffic
+from lbgm_mpi.exchange.base import TRAFFIC_FIELDS, Exchange, RoundTraffic
 from lbgm_mpi.exchange.records import PayloadMap, record_dtype
+from lbgm_mpi.units import FLOAT_BYTES
 
 
 class GatherExchange(Exchange, ABC):

@@ -29,8 +29,9 @@ import torch
 from lbgm_mpi.algorithm.global_lookback import (CountSketch, GlobalBank, decide_global,
                                                 sketch_widths)
 from lbgm_mpi.compress.allreduce_powersgd import AllreducePowerSGD
-from lbgm_mpi.exchange.base import FLOAT_BYTES, Exchange, RoundTraffic
+from lbgm_mpi.exchange.base import Exchange, RoundTraffic
 from lbgm_mpi.exchange.fedavg import weighted_sum
+from lbgm_mpi.units import FLOAT_BYTES
 
 RESIDUAL = "ef_residual"  # a rank's error-feedback residual, in its rank state
 

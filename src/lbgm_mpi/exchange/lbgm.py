@@ -16,10 +16,10 @@ import torch
 from lbgm_mpi.algorithm.bank import LookbackBank, Node
 from lbgm_mpi.algorithm.lbgm import decide, decide_span
 from lbgm_mpi.compress import ClientCompressors
-from lbgm_mpi.exchange.base import FLOAT_BYTES
 from lbgm_mpi.exchange.gather import GatherExchange
 from lbgm_mpi.exchange.records import PayloadMap
 from lbgm_mpi.kernels.torch_ops import TorchKernels
+from lbgm_mpi.units import FLOAT_BYTES
 
 
 class LbgmExchange(GatherExchange):

@@ -17,8 +17,9 @@ import torch
 
 from lbgm_mpi.algorithm.fedluar import candidate_layers, draw_recycled, recycle_weights
 from lbgm_mpi.errors import ConfigError
-from lbgm_mpi.exchange.base import FLOAT_BYTES, Exchange
+from lbgm_mpi.exchange.base import Exchange
 from lbgm_mpi.exchange.fedavg import FedAvgExchange
+from lbgm_mpi.units import FLOAT_BYTES
 
 
 class RecyclingExchange(Exchange):
